@@ -1,0 +1,137 @@
+"""The ``SSE_*`` configuration keys: defaults, and validation at registration.
+
+Every key is read once, when the blueprint is registered, so a typo fails at
+start-up with a message that says what to set, not at the first request.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+from flask.sansio.app import App
+
+#: Defaults, written into ``app.config`` with ``setdefault``.
+DEFAULTS: dict[str, Any] = {
+    #: Seconds of silence after which a ``:`` comment keeps the stream (and
+    #: any proxy on the way) alive; a gone client is noticed this often too.
+    "SSE_KEEPALIVE": 15,
+    #: Milliseconds the browser waits before it reconnects (``retry:``).
+    "SSE_RETRY": 3000,
+    #: Events kept per channel so a reconnecting client can resume (0: none).
+    "SSE_HISTORY": 1000,
+    #: Seconds an idle channel's history lives.
+    "SSE_HISTORY_TTL": 86400,
+    #: Events buffered for one slow client before it is disconnected.
+    "SSE_QUEUE_SIZE": 1000,
+    #: Channels one connection may ask for.
+    "SSE_MAX_CHANNELS": 16,
+    #: Channel used when a request or a publish names none.
+    "SSE_DEFAULT_CHANNEL": "sse",
+}
+
+#: Longest channel name a client may ask for.
+MAX_CHANNEL_LENGTH = 200
+#: URL schemes the broker understands (``memory://`` is the embedded one).
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "memory://")
+
+
+@dataclass(frozen=True)
+class SSEConfig:
+    """The validated settings of one app."""
+
+    redis_url: str
+    keepalive: float
+    retry: int
+    history: int
+    history_ttl: int
+    queue_size: int
+    max_channels: int
+    default_channel: str
+
+
+def load_config(app: App) -> SSEConfig:
+    """Fill in the defaults of ``app.config`` and validate every ``SSE_*`` key."""
+    for key, value in DEFAULTS.items():
+        app.config.setdefault(key, value)
+    config = app.config
+    redis_url = _redis_url(config)
+    default_channel = config["SSE_DEFAULT_CHANNEL"]
+    problem = channel_problem(default_channel)
+    if problem:
+        raise ValueError(f"SSE_DEFAULT_CHANNEL is not usable: {problem}.")
+    return SSEConfig(
+        redis_url=redis_url,
+        keepalive=_number(config, "SSE_KEEPALIVE", minimum=0.1),
+        retry=_integer(config, "SSE_RETRY", minimum=0),
+        history=_integer(config, "SSE_HISTORY", minimum=0),
+        history_ttl=_integer(config, "SSE_HISTORY_TTL", minimum=1),
+        queue_size=_integer(config, "SSE_QUEUE_SIZE", minimum=1),
+        max_channels=_integer(config, "SSE_MAX_CHANNELS", minimum=1),
+        default_channel=default_channel,
+    )
+
+
+def channel_problem(channel: object) -> str | None:
+    """What is wrong with a channel name, or ``None`` if it is usable.
+
+    Shared by the stream view (which answers 400) and publishing (which
+    raises), so nothing can be published to a channel nobody may open.
+    """
+    if not isinstance(channel, str):
+        return f"a channel name must be a str, got {channel!r}"
+    if not channel:
+        return "a channel name must not be empty"
+    if len(channel) > MAX_CHANNEL_LENGTH:
+        return (
+            f"a channel name must be at most {MAX_CHANNEL_LENGTH} characters, "
+            f"got {len(channel)}"
+        )
+    if any(unicodedata.category(char) in ("Cc", "Cs") for char in channel):
+        return f"a channel name must not contain control characters, got {channel!r}"
+    return None
+
+
+def _redis_url(config: Any) -> str:
+    url = config.get("SSE_REDIS_URL") or config.get("REDIS_URL")
+    legacy_keys = ("SSE_REDIS_HOST", "SSE_REDIS_PORT", "SSE_REDIS_DB")
+    if not url and any(key in config for key in legacy_keys):
+        host = config.get("SSE_REDIS_HOST", "localhost")
+        port = config.get("SSE_REDIS_PORT", 6379)
+        db = config.get("SSE_REDIS_DB", 0)
+        url = f"redis://{host}:{port}/{db}"
+    url = url or "redis://localhost:6379/0"
+    config.setdefault("SSE_REDIS_URL", url)
+    check_redis_url(url)
+    return str(url)
+
+
+def check_redis_url(url: object) -> None:
+    """Refuse a URL the broker cannot use, saying what would work."""
+    if not isinstance(url, str) or not url.startswith(REDIS_SCHEMES):
+        raise ValueError(
+            f"SSE_REDIS_URL must start with one of {', '.join(REDIS_SCHEMES)}, "
+            f"got {url!r}: for example app.config['SSE_REDIS_URL'] = "
+            "'redis://localhost:6379/0', or 'memory://' for the embedded broker."
+        )
+
+
+def _number(config: Any, key: str, *, minimum: float) -> float:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+        raise ValueError(
+            f"{key} must be a number of seconds of at least {minimum}, got {value!r}: "
+            f"for example app.config[{key!r}] = {DEFAULTS[key]!r}."
+        )
+    return float(value)
+
+
+def _integer(config: Any, key: str, *, minimum: int) -> int:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(
+            f"{key} must be an int of at least {minimum}, got {value!r}: "
+            f"for example app.config[{key!r}] = {DEFAULTS[key]!r}."
+        )
+    return value

@@ -1,0 +1,181 @@
+"""One server-sent event: its WHATWG wire form and its Redis payload.
+
+No Flask and no Redis here: this is the part every byte a browser sees goes
+through, so it is kept pure and tested with tables of exact bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+logger = logging.getLogger("flask_sse")
+
+#: Line ends the WHATWG parser recognises; nothing else (not U+2028, not
+#: U+0085) may split data, so ``str.splitlines`` is not used.
+_LINE_END = re.compile(r"\r\n|\r|\n")
+#: Characters that would end a field early or make a browser drop the ``id``.
+_FIELD_BREAKERS = re.compile(r"[\r\n\x00]")
+
+EventId = str | int
+
+
+class Message:
+    """One event, as ``sse.publish()`` and ``send_event()`` describe it.
+
+    ``str(Message("foo", type="example", id=5, retry=500))`` is
+    ``"event:example\\ndata:foo\\nid:5\\nretry:500\\n\\n"``: the field order
+    and the missing space after the colon are the established form. A value
+    that itself starts with a space gets one more, because the browser strips
+    exactly one.
+
+    ``data`` that is not ``str`` is sent as JSON. ``type`` and ``id`` may not
+    contain CR, LF or NUL (they would start a new field or make the browser
+    drop the id): such a value raises ``ValueError`` here, at publish time.
+    ``retry`` is a non-negative number of milliseconds.
+    """
+
+    __slots__ = ("data", "type", "id", "retry")
+
+    def __init__(
+        self,
+        data: Any,
+        type: str | None = None,
+        id: EventId | None = None,
+        retry: int | None = None,
+    ) -> None:
+        self.data = data
+        self.type = _checked_field("type", type, allow_int=False)
+        self.id = _checked_field("id", id, allow_int=True)
+        if retry is not None and not _is_non_negative_int(retry):
+            raise ValueError(
+                f"retry must be a non-negative int of milliseconds, got {retry!r}"
+            )
+        self.retry = retry
+
+    def to_dict(self) -> dict[str, Any]:
+        """The Redis payload: ``data`` always, the other keys when set."""
+        payload: dict[str, Any] = {"data": self.data}
+        if self.type is not None:
+            payload["type"] = self.type
+        if self.id is not None:
+            payload["id"] = self.id
+        if self.retry is not None:
+            payload["retry"] = self.retry
+        return payload
+
+    def __str__(self) -> str:
+        data = self.data if isinstance(self.data, str) else json.dumps(self.data)
+        lines = [_field("data", line) for line in _LINE_END.split(data)]
+        if self.type:
+            lines.insert(0, _field("event", self.type))
+        if self.id is not None:
+            lines.append(_field("id", str(self.id)))
+        if self.retry is not None:
+            lines.append(f"retry:{self.retry}")
+        return "\n".join(lines) + "\n\n"
+
+    def encode(self) -> bytes:
+        """The wire form as UTF-8; a lone surrogate becomes U+FFFD."""
+        text = str(self)
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            return text.encode("utf-16", "surrogatepass").decode(
+                "utf-16", "replace"
+            ).encode("utf-8")
+
+    def __repr__(self) -> str:
+        extra = "".join(
+            f", {key}={value!r}"
+            for key, value in (("type", self.type), ("id", self.id), ("retry", self.retry))
+            if value is not None
+        )
+        return f"{type(self).__name__}({self.data!r}{extra})"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, type(self))
+            and self.data == other.data
+            and self.type == other.type
+            and self.id == other.id
+            and self.retry == other.retry
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @classmethod
+    def from_payload(cls, payload: bytes | str) -> Message | None:
+        """Decode what a publisher wrote to Redis, or ``None`` if unusable.
+
+        Accepts the JSON object ``{"data": ..., "type": ..., "id": ...,
+        "retry": ...}`` and the original library's ``[event, data]`` array.
+        Anyone can ``PUBLISH``, so nothing here is trusted: CR, LF and NUL are
+        removed from ``type`` and ``id``, a bad ``retry`` is dropped, and a
+        payload of another shape is logged and skipped.
+        """
+        try:
+            decoded = json.loads(payload)
+        except (ValueError, RecursionError):
+            logger.warning("Skipped a Redis message that is not JSON: %.200r", payload)
+            return None
+        if isinstance(decoded, list) and len(decoded) == 2:
+            event, data = decoded
+            return cls(data, type=_sanitised_text(event))
+        if isinstance(decoded, dict) and "data" in decoded:
+            retry = decoded.get("retry")
+            return cls(
+                decoded["data"],
+                type=_sanitised_text(decoded.get("type")),
+                id=_sanitised_id(decoded.get("id")),
+                retry=retry if _is_non_negative_int(retry) else None,
+            )
+        logger.warning(
+            "Skipped a Redis message that is neither {\"data\": ...} nor "
+            "[event, data]: %.200r",
+            payload,
+        )
+        return None
+
+
+def _field(name: str, value: str) -> str:
+    if value.startswith(" "):
+        return f"{name}: {value}"
+    return f"{name}:{value}"
+
+
+def _is_non_negative_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _checked_field(name: str, value: Any, *, allow_int: bool) -> Any:
+    if value is None:
+        return None
+    if allow_int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if not isinstance(value, str):
+        expected = "a str or an int" if allow_int else "a str"
+        raise TypeError(f"{name} must be {expected}, got {value!r}")
+    if _FIELD_BREAKERS.search(value):
+        raise ValueError(
+            f"{name} must not contain CR, LF or NUL (they would start a new "
+            f"SSE field), got {value!r}"
+        )
+    return value
+
+
+def _sanitised_text(value: object) -> str | None:
+    """A ``type`` or ``id`` from Redis made safe for the wire, or ``None``."""
+    if isinstance(value, str):
+        return _FIELD_BREAKERS.sub("", value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _sanitised_id(value: object) -> EventId | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return _sanitised_text(value)
