@@ -168,6 +168,10 @@ class Hub:
     def connected(self) -> bool:
         return self._connection is not None
 
+    def local_subscribers(self, channel: str) -> int:
+        """How many clients of this process are subscribed to ``channel``."""
+        return len(self._subscribers.get(channel, ()))
+
     def channels(self) -> list[str]:
         """Channels with at least one subscriber in this process."""
         with self._lock:
@@ -246,7 +250,7 @@ class Hub:
 
     def _read(self, connection: Any) -> None:
         while self._connection is connection:
-            reply = connection.read_response(disconnect_on_error=False)
+            reply = connection.read_response(disconnect_on_error=False, push_request=True)
             if not isinstance(reply, list) or len(reply) != 3:
                 continue  # a PONG
             kind, channel, body = reply

@@ -1,0 +1,188 @@
+"""Fixtures: an app on the embedded broker, a real redis-server, a real gunicorn.
+
+The real servers are started by fixtures on free loopback ports. Without a
+``redis-server`` binary the integration tests are skipped on a developer's
+machine, but fail under ``CI=true``: CI must never pass by running nothing.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+
+from flask_sse import sse
+
+from .sse_client import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def memory_url() -> str:
+    """An embedded broker of this test's own."""
+    return f"memory://test-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def app(memory_url: str) -> Flask:
+    app = Flask(__name__)
+    app.config.update(TESTING=True, SSE_REDIS_URL=memory_url, SSE_KEEPALIVE=0.2)
+    app.register_blueprint(sse, url_prefix="/stream")
+    return app
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@dataclass
+class RedisServer:
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+
+def _need(binary: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        message = f"{binary} is not installed (Debian: apt-get install redis-server)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    binary = _need("redis-server")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    server = RedisServer(port, process)
+    probe = server.client()
+
+    def answers() -> bool:
+        try:
+            return bool(probe.ping())
+        except redis.ConnectionError:
+            return False
+
+    try:
+        wait_for(answers, what=f"redis-server on port {port}")
+        yield server
+    finally:
+        probe.close()
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The real server, emptied for this test."""
+    with redis_server.client() as client:
+        client.flushall()
+    return redis_server.url
+
+
+@dataclass
+class Gunicorn:
+    port: int
+    process: subprocess.Popen[bytes]
+
+    def request(
+        self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, object]]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            payload = None if body is None else json.dumps(body)
+            all_headers = {"Content-Type": "application/json", **(headers or {})}
+            connection.request(method, path, body=payload, headers=all_headers)
+            response = connection.getresponse()
+            text = response.read()
+            return response.status, json.loads(text) if text.startswith(b"{") else {}
+        finally:
+            connection.close()
+
+    @property
+    def worker_pid(self) -> int:
+        status, body = self.request("GET", "/pid")
+        assert status == 200
+        pid = body["pid"]
+        assert isinstance(pid, int)
+        return pid
+
+
+@pytest.fixture
+def gunicorn() -> Iterator[Callable[..., Gunicorn]]:
+    """Start ``tests.serve:app`` under ``gunicorn -k gevent`` with one worker."""
+    started: list[Gunicorn] = []
+
+    def start(redis_url: str, keepalive: float = 15, queue_size: int = 1000) -> Gunicorn:
+        port = free_port()
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "SSE_TEST_REDIS_URL": redis_url,
+            "SSE_TEST_KEEPALIVE": str(keepalive),
+            "SSE_TEST_QUEUE_SIZE": str(queue_size),
+        }
+        command = [
+            sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1",
+            "--worker-connections", "2000", "--graceful-timeout", "2",
+            "-b", f"127.0.0.1:{port}", "tests.serve:app",
+        ]
+        process = subprocess.Popen(command, cwd=ROOT, env=env)
+        server = Gunicorn(port, process)
+        started.append(server)
+
+        def answers() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"gunicorn exited with {process.returncode}")
+            try:
+                return server.request("GET", "/pid")[0] == 200
+            except OSError:
+                return False
+
+        wait_for(answers, timeout=30, what="gunicorn to answer")
+        return server
+
+    yield start
+    for server in started:
+        server.process.send_signal(signal.SIGINT)  # quick shutdown: streams are still open
+    for server in started:
+        try:
+            server.process.wait(10)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()

@@ -1,0 +1,61 @@
+"""The app the integration tests serve with ``gunicorn -k gevent``.
+
+Configured from the environment by the ``gunicorn`` fixture: the ready-made
+``sse`` at ``/stream``, a guarded blueprint of the user's own at
+``/private``, and views that publish through both APIs.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flask import Flask, abort, request
+
+from flask_sse import ServerSentEventsBlueprint, send_event, sse
+from flask_sse.broker import hub_for
+
+private = ServerSentEventsBlueprint("private", __name__)
+
+
+@private.before_request
+def refuse_secret_channel() -> None:
+    """Access control the way users write it: a hook on the blueprint."""
+    if "secret" in request.args.getlist("channel") and request.headers.get("X-Token") != "open":
+        abort(403, "The 'secret' channel needs a token.")
+
+
+def create_app() -> Flask:
+    app = Flask(__name__)
+    app.config["SSE_REDIS_URL"] = os.environ["SSE_TEST_REDIS_URL"]
+    app.config["SSE_KEEPALIVE"] = float(os.environ.get("SSE_TEST_KEEPALIVE", "15"))
+    app.config["SSE_QUEUE_SIZE"] = int(os.environ.get("SSE_TEST_QUEUE_SIZE", "1000"))
+    app.register_blueprint(sse, url_prefix="/stream")
+    app.register_blueprint(private, url_prefix="/private")
+
+    @app.post("/publish")
+    def publish() -> dict[str, int]:
+        """``sse.publish()``, the method of the package-index library."""
+        body = request.get_json()
+        receivers = sse.publish(
+            body["data"], type=body.get("type"), id=body.get("id"), channel=body["channel"]
+        )
+        return {"receivers": receivers}
+
+    @app.post("/send_event")
+    def send() -> dict[str, int]:
+        """``send_event()``, the helper of the original library."""
+        body = request.get_json()
+        return {"receivers": send_event(body["event"], body["data"], channel=body["channel"])}
+
+    @app.get("/subscribers/<channel>")
+    def subscribers(channel: str) -> dict[str, int]:
+        return {"count": hub_for(app.config["SSE_REDIS_URL"]).local_subscribers(channel)}
+
+    @app.get("/pid")
+    def pid() -> dict[str, int]:
+        return {"pid": os.getpid()}
+
+    return app
+
+
+app = create_app()

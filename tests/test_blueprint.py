@@ -1,0 +1,221 @@
+"""The stream view and both publish APIs, through Flask's test client on ``memory://``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask, abort, request
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+
+from flask_sse import Publisher, ServerSentEventsBlueprint, send_event, sse
+from flask_sse.broker import hub_for, redis_client
+
+from .sse_client import Event, Parser
+
+
+class OpenStream:
+    """A streaming test-client response, read event by event."""
+
+    def __init__(self, response: TestResponse) -> None:
+        self.response = response
+        self.chunks: Iterator[bytes] = iter(response.response)
+        self.parser = Parser()
+        self._rest = ""
+
+    def read_chunk(self) -> str:
+        text = next(self.chunks).decode()
+        lines = (self._rest + text).split("\n")
+        self._rest = lines.pop()
+        for line in lines:
+            self.parser.feed_line(line)
+        return text
+
+    def events(self, count: int, timeout: float = 5) -> list[Event]:
+        deadline = time.monotonic() + timeout
+        while len(self.parser.events) < count:
+            assert time.monotonic() < deadline, f"got {self.parser.events}, wanted {count}"
+            self.read_chunk()
+        return self.parser.events[:count]
+
+    def close(self) -> None:
+        self.response.close()
+
+
+@pytest.fixture
+def open_stream(client: FlaskClient) -> Iterator[type[OpenStream]]:
+    opened: list[OpenStream] = []
+
+    def opener(path: str) -> OpenStream:
+        response = client.get(path, buffered=False)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        stream = OpenStream(response)
+        opened.append(stream)
+        return stream
+
+    yield opener  # type: ignore[misc]
+    for stream in opened:
+        stream.close()
+
+
+def test_headers_go_out_with_the_retry_hint_first(open_stream: type[OpenStream]) -> None:
+    stream = open_stream("/stream")
+    assert stream.response.headers["Content-Type"] == "text/event-stream"
+    assert stream.response.headers["Cache-Control"] == "no-cache"
+    assert stream.response.headers["X-Accel-Buffering"] == "no"
+    assert stream.read_chunk() == "retry:3000\n\n"
+
+
+def test_both_apis_reach_a_stream_on_two_channels(app: Flask, open_stream: type[OpenStream]) -> None:
+    stream = open_stream("/stream?channel=a&channel=b")
+    with app.app_context():
+        assert send_event("update", {"price": 3}, channel="a") == 1
+        assert sse.publish("two\nlines", type="note", id=4, channel="b") == 1
+        assert sse.publish("elsewhere", channel="c") == 0
+        sse.publish("last", channel="a")
+    assert stream.events(3) == [
+        Event('{"price": 3}', "update"),
+        Event("two\nlines", "note", "4"),
+        Event("last", "message", "4"),
+    ]
+
+
+def test_default_channel_and_publisher_without_an_app(
+    app: Flask, memory_url: str, open_stream: type[OpenStream]
+) -> None:
+    stream = open_stream("/stream")
+    assert Publisher(memory_url).publish({"from": "a task"}) == 1
+    assert stream.events(1) == [Event('{"from": "a task"}')]
+
+
+def test_a_silent_stream_gets_keepalive_comments(open_stream: type[OpenStream]) -> None:
+    stream = open_stream("/stream")
+    stream.read_chunk()
+    assert stream.read_chunk() == ":\n\n"
+    assert stream.parser.comments == [""]
+    assert stream.parser.events == []
+
+
+def test_closing_a_stream_releases_its_channels(app: Flask, memory_url: str, client: FlaskClient) -> None:
+    first = client.get("/stream?channel=x&channel=y", buffered=False)
+    second = client.get("/stream?channel=y", buffered=False)
+    hub = hub_for(memory_url)
+    assert sorted(hub.channels()) == ["x", "y"]
+    first.close()
+    assert hub.channels() == ["y"]
+    second.close()
+    assert hub.channels() == []
+    server = redis_client(memory_url)
+    assert server.pubsub_numsub("x", "y") == [(b"x", 0), (b"y", 0)]
+
+
+@pytest.mark.parametrize(
+    ("query", "error"),
+    [
+        ("channel=", "a channel name must not be empty"),
+        ("channel=" + "x" * 201, "at most 200 characters, got 201"),
+        ("channel=a%0Ab", "must not contain control characters"),
+        ("channel=a%0Db", "must not contain control characters"),
+        ("channel=a%00b", "must not contain control characters"),
+        ("channel=a%7Fb", "must not contain control characters"),
+        ("channel=a%C2%85b", "must not contain control characters"),
+        ("&".join(f"channel=c{n}" for n in range(17)), "Too many channels: 17 asked for, at most 16"),
+    ],
+)
+def test_bad_channel_lists_get_a_clear_400(client: FlaskClient, query: str, error: str) -> None:
+    response = client.get(f"/stream?{query}")
+    assert response.status_code == 400
+    assert error in response.get_json()["error"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["channel=" + "x" * 200, "channel=%E6%96%B0%E9%97%BB&channel=caf%C3%A9", "channel=a&channel=a"],
+)
+def test_long_unicode_and_repeated_channels_are_accepted(
+    open_stream: type[OpenStream], query: str
+) -> None:
+    assert open_stream(f"/stream?{query}").read_chunk() == "retry:3000\n\n"
+
+
+def test_unicode_channel_delivery(app: Flask, open_stream: type[OpenStream]) -> None:
+    stream = open_stream("/stream?channel=%E6%96%B0%E9%97%BB")
+    with app.app_context():
+        send_event("新", "闻 ✓", channel="新闻")
+    assert stream.events(1) == [Event("闻 ✓", "新")]
+
+
+def test_redis_down_at_connect_is_a_503(app: Flask, memory_url: str, client: FlaskClient) -> None:
+    redis_client(memory_url).connection_pool.connection_kwargs["server"].connected = False
+    response = client.get("/stream")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert "unavailable" in response.get_json()["error"]
+
+
+def test_publishing_needs_an_app_with_the_blueprint() -> None:
+    with pytest.raises(RuntimeError, match="'send_event' can only be used inside an application"):
+        send_event("t", "x")
+    with pytest.raises(RuntimeError, match="Publisher"):
+        sse.publish("x")
+    with Flask(__name__).app_context():
+        with pytest.raises(RuntimeError, match=r"app.register_blueprint\(sse"):
+            sse.publish("x")
+
+
+def test_publishing_refuses_what_would_break_the_stream(app: Flask) -> None:
+    with app.app_context():
+        with pytest.raises(ValueError, match="type must not contain"):
+            send_event("a\nb", "x")
+        with pytest.raises(ValueError, match="Cannot publish: a channel name must not contain"):
+            sse.publish("x", channel="a\x00")
+        with pytest.raises(ValueError, match="retry must be"):
+            sse.publish("x", retry=-1)
+
+
+def test_garbage_on_a_channel_never_stops_the_hub(
+    app: Flask, memory_url: str, open_stream: type[OpenStream]
+) -> None:
+    stream = open_stream("/stream")
+    raw = redis_client(memory_url)
+    for garbage in [b"not json", b'{"no": "data"}', b"[1,2,3]", b"\xff"]:
+        raw.publish("sse", garbage)
+    raw.publish("sse", b'["legacy", "array"]')
+    raw.publish("sse", b'{"data": "ok", "type": "evil\\ndata: injected"}')
+    assert stream.events(2) == [Event("array", "legacy"), Event("ok", "evildata: injected")]
+
+
+def test_a_client_that_falls_behind_is_disconnected(memory_url: str) -> None:
+    app = Flask(__name__)
+    app.config.update(SSE_REDIS_URL=memory_url, SSE_QUEUE_SIZE=3)
+    app.register_blueprint(sse, url_prefix="/stream")
+    response = app.test_client().get("/stream", buffered=False)
+    chunks = iter(response.response)
+    next(chunks)
+    publisher = Publisher(memory_url)
+    for number in range(10):
+        publisher.publish(number)
+    assert list(chunks) == []
+    response.close()
+    assert hub_for(memory_url).channels() == []
+
+
+def test_before_request_guards_a_users_own_blueprint(memory_url: str) -> None:
+    guarded = ServerSentEventsBlueprint("guarded", __name__)
+
+    @guarded.before_request
+    def only_public() -> None:
+        if "staff" in request.args.getlist("channel"):
+            abort(403)
+
+    app = Flask(__name__)
+    app.config["SSE_REDIS_URL"] = memory_url
+    app.register_blueprint(guarded, url_prefix="/events")
+    client = app.test_client()
+    assert client.get("/events?channel=news&channel=staff").status_code == 403
+    assert hub_for(memory_url).channels() == []
+    response = client.get("/events?channel=news", buffered=False)
+    assert response.status_code == 200
+    response.close()

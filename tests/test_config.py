@@ -1,0 +1,88 @@
+"""Configuration: defaults, the Redis URL's sources, and clear errors at registration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from flask_sse import Publisher, ServerSentEventsBlueprint, sse
+
+
+def registered(**config: Any) -> Flask:
+    app = Flask(__name__)
+    app.config.update(config)
+    app.register_blueprint(sse, url_prefix="/stream")
+    return app
+
+
+def test_defaults_are_written_into_the_app_config() -> None:
+    app = registered()
+    assert app.config["SSE_KEEPALIVE"] == 15
+    assert app.config["SSE_RETRY"] == 3000
+    assert app.config["SSE_HISTORY"] == 1000
+    assert app.config["SSE_HISTORY_TTL"] == 86400
+    assert app.config["SSE_QUEUE_SIZE"] == 1000
+    assert app.config["SSE_MAX_CHANNELS"] == 16
+    assert app.config["SSE_DEFAULT_CHANNEL"] == "sse"
+    assert app.config["SSE_REDIS_URL"] == "redis://localhost:6379/0"
+    assert app.extensions["sse"].config.keepalive == 15.0
+
+
+@pytest.mark.parametrize(
+    ("config", "url"),
+    [
+        ({"SSE_REDIS_URL": "redis://a:1/2", "REDIS_URL": "redis://b"}, "redis://a:1/2"),
+        ({"REDIS_URL": "redis://b:7/1"}, "redis://b:7/1"),
+        ({"SSE_REDIS_HOST": "h", "SSE_REDIS_PORT": 7000, "SSE_REDIS_DB": 3}, "redis://h:7000/3"),
+        ({"SSE_REDIS_HOST": "h"}, "redis://h:6379/0"),
+        ({"SSE_REDIS_URL": "memory://"}, "memory://"),
+    ],
+)
+def test_redis_url_sources(config: dict[str, Any], url: str) -> None:
+    assert registered(**config).extensions["sse"].config.redis_url == url
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("SSE_KEEPALIVE", 0, "SSE_KEEPALIVE must be a number of seconds of at least 0.1, got 0"),
+        ("SSE_KEEPALIVE", "15", "SSE_KEEPALIVE must be a number"),
+        ("SSE_RETRY", -1, "SSE_RETRY must be an int of at least 0, got -1"),
+        ("SSE_RETRY", 1.5, "SSE_RETRY must be an int"),
+        ("SSE_HISTORY", -1, "SSE_HISTORY must be an int of at least 0"),
+        ("SSE_HISTORY_TTL", 0, "SSE_HISTORY_TTL must be an int of at least 1"),
+        ("SSE_QUEUE_SIZE", 0, "SSE_QUEUE_SIZE must be an int of at least 1"),
+        ("SSE_MAX_CHANNELS", True, "SSE_MAX_CHANNELS must be an int"),
+        ("SSE_DEFAULT_CHANNEL", "", "SSE_DEFAULT_CHANNEL is not usable: a channel name must not be empty"),
+        ("SSE_DEFAULT_CHANNEL", "a\nb", "must not contain control characters"),
+        ("SSE_REDIS_URL", "http://x", "SSE_REDIS_URL must start with one of redis://"),
+    ],
+)
+def test_bad_values_fail_at_registration(key: str, value: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")) as raised:
+        registered(**{key: value})
+    assert "app.config[" in str(raised.value) or "not usable" in str(raised.value)
+
+
+def test_settings_changed_between_two_registrations_are_refused() -> None:
+    app = registered(SSE_KEEPALIVE=5)
+    app.config["SSE_KEEPALIVE"] = 6
+    with pytest.raises(RuntimeError, match="Set app.config before the first"):
+        app.register_blueprint(ServerSentEventsBlueprint("other", __name__), url_prefix="/other")
+
+
+def test_two_blueprints_share_the_app_state() -> None:
+    app = registered(SSE_REDIS_URL="memory://")
+    state = app.extensions["sse"]
+    app.register_blueprint(ServerSentEventsBlueprint("other", __name__), url_prefix="/other")
+    assert app.extensions["sse"] is state
+    assert {rule.rule for rule in app.url_map.iter_rules()} >= {"/stream", "/other"}
+
+
+def test_publisher_refuses_a_bad_url_or_channel() -> None:
+    with pytest.raises(ValueError, match="SSE_REDIS_URL must start with"):
+        Publisher("localhost:6379")
+    with pytest.raises(ValueError, match="must not be empty"):
+        Publisher("memory://", default_channel="")

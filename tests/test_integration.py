@@ -1,0 +1,198 @@
+"""Real parts: redis-server, ``gunicorn -k gevent``, sockets, and what Redis sees."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from collections.abc import Callable
+
+import pytest
+
+from .conftest import Gunicorn, RedisServer, free_port
+from .sse_client import Event, StreamClient, datas, wait_for
+
+pytestmark = pytest.mark.integration
+
+Start = Callable[..., Gunicorn]
+
+
+def redis_ports_of(pid: int, redis_port: int) -> set[int]:
+    """Local ports of the established TCP connections from ``pid`` to Redis."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+                if inode in inodes and state == "01" and int(remote.rsplit(":", 1)[1], 16) == redis_port:
+                    ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports
+
+
+def connections_redis_sees(redis_server: RedisServer, pid: int) -> int:
+    """How many of Redis's clients are the worker's sockets (CLIENT LIST)."""
+    ports = redis_ports_of(pid, redis_server.port)
+    with redis_server.client() as client:
+        addresses = [entry["addr"] for entry in client.client_list()]
+    return sum(1 for address in addresses if int(address.rsplit(":", 1)[1]) in ports)
+
+
+def open_stream(server: Gunicorn, query: str, path: str = "/stream") -> StreamClient:
+    stream = StreamClient(server.port, f"{path}?{query}")
+    assert stream.status == 200
+    assert stream.read_line() == "retry:3000\n"
+    return stream
+
+
+def test_both_apis_and_a_raw_publish_reach_every_subscribed_channel(
+    gunicorn: Start, redis_url: str, redis_server: RedisServer
+) -> None:
+    server = gunicorn(redis_url)
+    with open_stream(server, "channel=a&channel=b") as both, open_stream(server, "channel=b") as only_b:
+        assert both.headers["Content-Type"] == "text/event-stream"
+        assert both.headers["Cache-Control"] == "no-cache"
+        assert both.headers["X-Accel-Buffering"] == "no"
+        assert server.request("POST", "/publish", {"data": {"n": 1}, "type": "t", "id": 1, "channel": "a"}) == (
+            200, {"receivers": 1}
+        )
+        server.request("POST", "/send_event", {"event": "legacy", "data": "x\ny", "channel": "b"})
+        server.request("POST", "/publish", {"data": "nobody", "channel": "c"})
+        with redis_server.client() as outside:
+            outside.publish("b", '{"data": "from redis-cli", "type": "raw"}')
+            outside.publish("a", '["array", {"old": true}]')
+        assert both.events(4) == [
+            Event('{"n": 1}', "t", "1"),
+            Event("x\ny", "legacy", "1"),
+            Event("from redis-cli", "raw", "1"),
+            Event('{"old": true}', "array", "1"),
+        ]
+        assert datas(only_b.events(2)) == ["x\ny", "from redis-cli"]
+
+
+def test_keepalive_comment_on_a_silent_stream(gunicorn: Start, redis_url: str) -> None:
+    server = gunicorn(redis_url, keepalive=0.3)
+    with open_stream(server, "channel=quiet") as stream:
+        assert stream.read_line() == "\n"
+        assert stream.read_line() == ":\n"
+        assert stream.read_line() == "\n"
+        assert stream.parser.events == []
+
+
+def test_redis_connections_stay_constant_from_1_to_300_subscribers(
+    gunicorn: Start, redis_url: str, redis_server: RedisServer
+) -> None:
+    server = gunicorn(redis_url)
+    pid = server.worker_pid
+    first = open_stream(server, "channel=crowd")
+    server.request("POST", "/publish", {"data": "warm", "channel": "crowd"})
+    assert first.next_event().data == "warm"
+    with_one = connections_redis_sees(redis_server, pid)
+    streams = [first] + [open_stream(server, f"channel=crowd&channel=c{n % 7}") for n in range(299)]
+    try:
+        status, body = server.request("POST", "/publish", {"data": "all", "channel": "crowd"})
+        assert body == {"receivers": 1}  # one process listening, whatever the number of tabs
+        assert all(stream.next_event().data == "all" for stream in streams)
+        with_300 = connections_redis_sees(redis_server, pid)
+        assert with_300 == with_one
+        assert with_300 <= 3
+        assert len(redis_ports_of(pid, redis_server.port)) == with_300
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+def test_closed_clients_are_released_within_the_keepalive(
+    gunicorn: Start, redis_url: str, redis_server: RedisServer
+) -> None:
+    server = gunicorn(redis_url, keepalive=1)
+    streams = [open_stream(server, "channel=gone&channel=gone-too") for _ in range(5)]
+    with redis_server.client() as client:
+        assert client.pubsub_numsub("gone", "gone-too") == [(b"gone", 1), (b"gone-too", 1)]
+        for stream in streams:
+            stream.close()
+        wait_for(
+            lambda: client.pubsub_numsub("gone", "gone-too") == [(b"gone", 0), (b"gone-too", 0)],
+            timeout=1 + 2,
+            what="PUBSUB NUMSUB to drop to 0",
+        )
+        subscribed = [entry for entry in client.client_list() if entry.get("sub", "0") != "0"]
+        assert subscribed == []
+
+
+def test_a_client_that_never_reads_is_cut_off_and_others_go_on(
+    gunicorn: Start, redis_url: str, redis_server: RedisServer
+) -> None:
+    server = gunicorn(redis_url, queue_size=10)
+    stuck = socket.create_connection(("127.0.0.1", server.port))
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.sendall(b"GET /stream?channel=flood HTTP/1.1\r\nHost: x\r\n\r\n")
+
+    def subscribers() -> object:
+        return server.request("GET", "/subscribers/flood")[1]["count"]
+
+    with open_stream(server, "channel=flood") as reader, redis_server.client() as outside:
+        wait_for(lambda: subscribers() == 2, what="both clients subscribed")
+        big = "x" * 16384
+        for number in range(600):  # 10 MB: more than the queue (10) and the socket buffers hold
+            outside.publish("flood", f'{{"data": "{number} {big}"}}')
+            assert reader.next_event().data.split()[0] == str(number)
+        wait_for(lambda: subscribers() == 1, what="the stuck client to be cut off")
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    stuck.close()
+
+
+def test_bad_requests_over_a_real_socket(gunicorn: Start, redis_url: str) -> None:
+    server = gunicorn(redis_url)
+    for query, error in [
+        ("channel=", "must not be empty"),
+        ("channel=%0Aevent:x", "control characters"),
+        ("channel=" + "y" * 201, "at most 200"),
+        ("&".join(f"channel={n}" for n in range(17)), "Too many channels"),
+    ]:
+        status, body = server.request("GET", f"/stream?{query}")
+        assert status == 400
+        assert error in str(body["error"])
+
+
+def test_before_request_hook_guards_a_channel(gunicorn: Start, redis_url: str) -> None:
+    server = gunicorn(redis_url)
+    denied = StreamClient(server.port, "/private?channel=news&channel=secret")
+    assert denied.status == 403
+    assert b"needs a token" in denied.body()
+    denied.close()
+    allowed = StreamClient(server.port, "/private?channel=secret", headers={"X-Token": "open"})
+    assert allowed.status == 200
+    assert allowed.read_line() == "retry:3000\n"
+    allowed.close()
+
+
+def test_redis_unreachable_at_connect_is_a_503(gunicorn: Start) -> None:
+    server = gunicorn(f"redis://127.0.0.1:{free_port()}/0")
+    stream = StreamClient(server.port, "/stream")
+    assert stream.status == 503
+    assert stream.headers["Retry-After"] == "5"
+    assert b"unavailable" in stream.body()
+    stream.close()
+
+
+def test_the_hub_resubscribes_after_its_connection_is_killed(
+    gunicorn: Start, redis_url: str, redis_server: RedisServer
+) -> None:
+    server = gunicorn(redis_url)
+    with open_stream(server, "channel=k") as stream, redis_server.client() as outside:
+        outside.publish("k", '{"data": "before"}')
+        assert stream.next_event().data == "before"
+        assert outside.client_kill_filter(_type="pubsub") == 1
+        wait_for(lambda: outside.pubsub_numsub("k") == [(b"k", 1)], what="the hub to resubscribe")
+        outside.publish("k", '{"data": "after"}')
+        assert stream.next_event().data == "after"
