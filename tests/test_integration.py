@@ -196,3 +196,30 @@ def test_the_hub_resubscribes_after_its_connection_is_killed(
         wait_for(lambda: outside.pubsub_numsub("k") == [(b"k", 1)], what="the hub to resubscribe")
         outside.publish("k", '{"data": "after"}')
         assert stream.next_event().data == "after"
+
+
+def test_an_event_published_on_one_server_reaches_streams_on_another(
+    gunicorn: Start, redis_url: str
+) -> None:
+    first, second = gunicorn(redis_url), gunicorn(redis_url, options=("-w", "2", "--preload"))
+    with open_stream(first, "channel=shared") as on_first, open_stream(second, "channel=shared") as on_second:
+        assert second.request("POST", "/publish", {"data": "hop", "channel": "shared"}) == (200, {"receivers": 2})
+        assert on_first.next_event().data == "hop"
+        assert on_second.next_event().data == "hop"
+
+
+def test_the_example_app_under_several_gevent_workers(gunicorn: Start, redis_url: str) -> None:
+    server = gunicorn(redis_url, app="example.app:app", options=("-w", "3"))
+    assert server.request("GET", "/")[0] == 200
+    streams = [open_stream(server, "channel=news") for _ in range(6)]
+    try:
+        assert server.request("POST", "/publish", {"channel": "news", "text": "hi"})[0] == 204
+        for stream in streams:
+            event = stream.next_event()
+            assert event.type == "news"
+            assert '"text": "hi"' in event.data
+        with StreamClient(server.port, "/stream?channel=staff") as refused:
+            assert refused.status == 403
+    finally:
+        for stream in streams:
+            stream.close()
