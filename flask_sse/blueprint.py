@@ -7,9 +7,6 @@ read and validated then, and the app's state is kept in
 
 from __future__ import annotations
 
-import select
-import socket
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -17,15 +14,13 @@ from typing import Any
 from flask import Blueprint, Response, current_app, has_app_context, jsonify, request
 from flask.blueprints import BlueprintSetupState
 
-from .broker import hub_for
+from .broker import history_for, hub_for
 from .config import SSEConfig, channel_problem, load_config
-from .hub import HubUnavailable, Subscription
+from .hub import HubUnavailable
 from .message import EventId
 from .publisher import Publisher
+from .stream import event_stream, hang_up, parse_last_event_id
 
-#: Sent after ``SSE_KEEPALIVE`` seconds of silence: a comment, ignored by
-#: ``EventSource``, that keeps proxies from closing an idle connection.
-KEEPALIVE = b":\n\n"
 #: Seconds a client is asked to wait after a 503.
 RETRY_AFTER_SECONDS = 5
 
@@ -77,10 +72,19 @@ class ServerSentEventsBlueprint(Blueprint):
     def stream(self) -> Any:
         """``GET ?channel=a&channel=b``: the event stream of those channels."""
         config = _app_state("the stream view").config
-        channels = list(dict.fromkeys(request.args.getlist("channel"))) or [config.default_channel]
+        channels = tuple(dict.fromkeys(request.args.getlist("channel"))) or (
+            config.default_channel,
+        )
         problem = _channels_problem(channels, config.max_channels)
         if problem:
             return jsonify(error=problem), 400
+        resume = None
+        last_event_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId")
+        if last_event_id and config.history:
+            try:
+                resume = parse_last_event_id(last_event_id, channels)
+            except ValueError as error:
+                return jsonify(error=str(error)), 400
         hub = hub_for(config.redis_url)
         try:
             subscription = hub.subscribe(channels, config.queue_size)
@@ -92,9 +96,17 @@ class ServerSentEventsBlueprint(Blueprint):
             )
         client = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
         if client is not None:
-            subscription.on_overflow = partial(_hang_up, client)
+            subscription.on_overflow = partial(hang_up, client)
+        body = event_stream(
+            subscription,
+            config,
+            history_for(config.redis_url) if config.history else None,
+            resume or hub.positions(channels),
+            resume is not None,
+            client,
+        )
         response = Response(
-            _events(subscription, config, client),
+            body,
             content_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -119,9 +131,10 @@ def _init_app(setup: BlueprintSetupState) -> None:
     config = load_config(app)
     state = app.extensions.get("sse")
     if state is None:
-        app.extensions["sse"] = SSEState(
-            config, Publisher(config.redis_url, default_channel=config.default_channel)
+        publisher = Publisher(
+            config.redis_url, config.default_channel, config.history, config.history_ttl
         )
+        app.extensions["sse"] = SSEState(config, publisher)
     elif state.config != config:
         raise RuntimeError(
             "The SSE_* settings changed after a server-sent events blueprint was "
@@ -146,7 +159,7 @@ def _app_state(caller: str) -> SSEState:
     return state
 
 
-def _channels_problem(channels: list[str], max_channels: int) -> str | None:
+def _channels_problem(channels: tuple[str, ...], max_channels: int) -> str | None:
     if len(channels) > max_channels:
         return (
             f"Too many channels: {len(channels)} asked for, at most {max_channels} "
@@ -157,41 +170,6 @@ def _channels_problem(channels: list[str], max_channels: int) -> str | None:
         if problem:
             return f"Bad channel: {problem}."
     return None
-
-
-def _events(subscription: Subscription, config: SSEConfig, client: Any) -> Iterator[bytes]:
-    """The body: the ``retry:`` hint at once, then events as they come."""
-    yield f"retry:{config.retry}\n\n".encode()
-    keepalive = config.keepalive
-    while True:
-        chunk = subscription.wait(keepalive)
-        if subscription.overflowed:
-            return
-        if chunk:
-            yield chunk
-        elif client is not None and _client_gone(client):
-            return
-        else:
-            yield KEEPALIVE
-
-
-def _client_gone(client: socket.socket) -> bool:
-    """True if the client closed its end; checked without reading its data."""
-    try:
-        readable, _, _ = select.select([client], [], [], 0)
-        return bool(readable) and client.recv(1, socket.MSG_PEEK) == b""
-    except ValueError:  # a TLS socket cannot peek: the next write will tell
-        return False
-    except OSError:
-        return True
-
-
-def _hang_up(client: socket.socket) -> None:
-    """Close a slow client's connection, even while a write to it is blocked."""
-    try:
-        client.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 #: The ready-made blueprint: ``app.register_blueprint(sse, url_prefix="/stream")``.

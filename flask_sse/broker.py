@@ -14,9 +14,11 @@ from typing import Any
 
 import redis
 
+from .history import History
 from .hub import Hub
 
 _clients: dict[str, redis.Redis] = {}
+_histories: dict[str, History] = {}
 _hubs: dict[str, Hub] = {}
 
 
@@ -28,11 +30,19 @@ def redis_client(url: str) -> redis.Redis:
     return client
 
 
+def history_for(url: str) -> History:
+    """The process-wide history of the channels behind ``url``."""
+    history = _histories.get(url)
+    if history is None:
+        history = _histories.setdefault(url, History(redis_client(url)))
+    return history
+
+
 def hub_for(url: str) -> Hub:
     """The process-wide hub for ``url``; it starts on its first subscriber."""
     hub = _hubs.get(url)
     if hub is None:
-        hub = _hubs.setdefault(url, Hub(redis_client(url).connection_pool))
+        hub = _hubs.setdefault(url, Hub(redis_client(url).connection_pool, history_for(url)))
     return hub
 
 
@@ -57,6 +67,7 @@ def _memory_client(url: str) -> redis.Redis:
 def _forget_parent_state() -> None:
     """In a forked child: drop the parent's clients and hubs without closing them."""
     _clients.clear()
+    _histories.clear()
     _hubs.clear()
 
 

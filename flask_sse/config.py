@@ -29,6 +29,9 @@ DEFAULTS: dict[str, Any] = {
     "SSE_MAX_CHANNELS": 16,
     #: Channel used when a request or a publish names none.
     "SSE_DEFAULT_CHANNEL": "sse",
+    #: Seconds after which a stream ends cleanly and the browser reconnects
+    #: and resumes (behind load balancers, for rolling deploys); 0: never.
+    "SSE_MAX_AGE": 0,
 }
 
 #: Longest channel name a client may ask for.
@@ -49,6 +52,7 @@ class SSEConfig:
     queue_size: int
     max_channels: int
     default_channel: str
+    max_age: float
 
 
 def load_config(app: App) -> SSEConfig:
@@ -70,6 +74,7 @@ def load_config(app: App) -> SSEConfig:
         queue_size=_integer(config, "SSE_QUEUE_SIZE", minimum=1),
         max_channels=_integer(config, "SSE_MAX_CHANNELS", minimum=1),
         default_channel=default_channel,
+        max_age=_number(config, "SSE_MAX_AGE", minimum=0),
     )
 
 
@@ -119,7 +124,7 @@ def check_redis_url(url: object) -> None:
 
 def _number(config: Any, key: str, *, minimum: float) -> float:
     value = config[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= minimum:
         raise ValueError(
             f"{key} must be a number of seconds of at least {minimum}, got {value!r}: "
             f"for example app.config[{key!r}] = {DEFAULTS[key]!r}."

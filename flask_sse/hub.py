@@ -1,10 +1,15 @@
 """The per-process fan-out: ONE Redis pub/sub connection for every client.
 
 A reader thread owns the pub/sub connection. It decodes and encodes each
-message once and hands the same ``bytes`` to every local subscriber's bounded
-queue. Channels are subscribed on Redis when their first local subscriber
-arrives and unsubscribed after the last one leaves (reference counts), so
-Redis holds no per-client state.
+message once and hands the same :class:`Delivery` to every local
+subscriber's bounded queue. Channels are subscribed on Redis when their first
+local subscriber arrives and unsubscribed after the last one leaves
+(reference counts), so Redis holds no per-client state.
+
+Nothing is lost when the link drops: the hub remembers each channel's last
+history position, and after it reconnects and resubscribes it replays from
+history what was published meanwhile, then skips the live copies of what it
+replayed.
 
 Only ``threading`` primitives are used: under the threaded dev server they
 are threads, and under ``gunicorn -k gevent`` (which monkey-patches
@@ -31,6 +36,7 @@ from redis.backoff import NoBackoff
 from redis.connection import ConnectionPool
 from redis.retry import Retry
 
+from .history import ORIGIN, History, Position, parse_position
 from .message import Message
 
 logger = logging.getLogger("flask_sse")
@@ -47,70 +53,123 @@ class HubUnavailable(Exception):
     """Redis cannot be reached, so no stream can be subscribed now."""
 
 
+class Delivery:
+    """One event as every subscriber of its channel receives it: encoded once.
+
+    ``chunk`` is the event's wire form with the id it was published with;
+    ``position`` is that id when it is a history position.
+    """
+
+    __slots__ = ("channel", "position", "chunk", "_message", "_body")
+
+    def __init__(self, channel: str, message: Message) -> None:
+        self.channel = channel
+        self.position = parse_position(message.id)
+        self.chunk = message.encode()
+        self._message = message
+        self._body: bytes | None = None
+
+    @classmethod
+    def decode(cls, channel: str, payload: bytes) -> Delivery | None:
+        """A payload from Redis, or ``None`` if it is unusable (logged)."""
+        try:
+            message = Message.from_payload(payload)
+            return None if message is None else cls(channel, message)
+        except Exception:  # noqa: BLE001 - one bad message must not stop the hub
+            logger.exception("Skipped a message on channel %r that cannot be encoded", channel)
+            return None
+
+    @classmethod
+    def reset(cls, channel: str) -> Delivery:
+        """The ``reset`` event: history no longer holds all a client missed."""
+        return cls(channel, Message({"channel": channel}, type="reset"))
+
+    def body(self) -> bytes:
+        """The wire form without ``id`` and without the final blank line."""
+        if self._body is None:
+            message = self._message
+            without_id = Message(message.data, type=message.type, retry=message.retry)
+            self._body = without_id.encode()[:-1]
+        return self._body
+
+
 class Subscription:
-    """One client's end of the hub: a bounded queue of encoded events.
+    """One client's end of the hub: a bounded queue of deliveries.
 
     The hub thread calls :meth:`deliver`; the client's own thread (its
     greenlet, under gevent) calls :meth:`wait`. A client that falls
-    ``limit`` chunks behind is marked ``overflowed``, stops receiving, and
+    ``limit`` events behind is marked ``overflowed``, stops receiving, and
     ``on_overflow`` is called so its connection can be closed: memory stays
     bounded and the other clients are not held up.
     """
 
-    __slots__ = ("channels", "overflowed", "on_overflow", "_chunks", "_limit", "_wakeup")
+    __slots__ = ("channels", "overflowed", "on_overflow", "_queue", "_limit", "_wakeup")
 
     def __init__(self, channels: tuple[str, ...], limit: int) -> None:
         self.channels = channels
         self.overflowed = False
         self.on_overflow: Callable[[], None] | None = None
-        self._chunks: deque[bytes] = deque()
+        self._queue: deque[Delivery] = deque()
         self._limit = limit
         self._wakeup = threading.Event()
 
-    def deliver(self, chunk: bytes) -> None:
+    def deliver(self, delivery: Delivery) -> None:
         if self.overflowed:
             return
-        if len(self._chunks) >= self._limit:
+        if len(self._queue) >= self._limit:
             self.overflowed = True
             self._wakeup.set()
             if self.on_overflow is not None:
                 self.on_overflow()
             return
-        self._chunks.append(chunk)
+        self._queue.append(delivery)
         self._wakeup.set()
 
-    def wait(self, timeout: float) -> bytes:
-        """All queued events joined in one chunk; ``b""`` if none came in ``timeout``."""
-        chunks = self._chunks
-        if not chunks:
+    def wait(self, timeout: float) -> list[Delivery]:
+        """Everything queued, oldest first; empty if nothing came in ``timeout``."""
+        queue = self._queue
+        if not queue:
             self._wakeup.clear()
-            if not chunks:  # checked again: a delivery may have come before clear()
+            if not queue:  # checked again: a delivery may have come before clear()
                 self._wakeup.wait(timeout)
-        count = len(chunks)
-        if count == 1:
-            return chunks.popleft()
-        return b"".join([chunks.popleft() for _ in range(count)])
+        return [queue.popleft() for _ in range(len(queue))]
+
+
+class _Channel:
+    """The hub's state for one channel (guarded by the hub's lock)."""
+
+    __slots__ = ("subscribers", "fanout", "pending", "ready", "last", "replayed_to")
+
+    def __init__(self) -> None:
+        #: local subscribers (a dict used as an ordered set)
+        self.subscribers: dict[Subscription, None] = {}
+        #: tuple snapshot of the subscribers for the reader, rebuilt after a change
+        self.fanout: tuple[Subscription, ...] | None = None
+        #: SUBSCRIBE commands sent on this connection and not yet confirmed
+        self.pending = 0
+        #: set once Redis has confirmed the subscription and history is caught up
+        self.ready = threading.Event()
+        #: the newest history position dispatched (None: not known yet)
+        self.last: Position | None = None
+        #: after a replay, live copies up to here are skipped
+        self.replayed_to: Position | None = None
 
 
 class Hub:
     """Fan-out of one Redis server's pub/sub to the subscribers of this process."""
 
-    def __init__(self, pool: ConnectionPool, *, subscribe_timeout: float = 5.0) -> None:
+    def __init__(
+        self, pool: ConnectionPool, history: History, *, subscribe_timeout: float = 5.0
+    ) -> None:
         self._pool = pool
+        self._history = history
         self._subscribe_timeout = subscribe_timeout
         self._lock = threading.Lock()
         self._attempt_finished = threading.Condition(self._lock)
         self._connection: Any = None
         self._attempts = 0
         self._started = False
-        #: channel -> its subscribers (a dict used as an ordered set)
-        self._subscribers: dict[str, dict[Subscription, None]] = {}
-        #: channel -> tuple snapshot of its subscribers, rebuilt after a change
-        self._fanout: dict[str, tuple[Subscription, ...]] = {}
-        #: channel -> SUBSCRIBE commands sent on this connection and not yet answered
-        self._pending: dict[str, int] = {}
-        #: channel -> set once Redis has confirmed the subscription
-        self._ready: dict[str, threading.Event] = {}
+        self._channels: dict[str, _Channel] = {}
 
     # -- for the stream view -------------------------------------------------
 
@@ -130,16 +189,17 @@ class Hub:
             )
             if self._connection is None:
                 raise HubUnavailable("Redis is unreachable; see the log for why")
-            new_channels = []
-            for channel in subscription.channels:
-                subscribers = self._subscribers.setdefault(channel, {})
-                if not subscribers:
-                    new_channels.append(channel)
-                subscribers[subscription] = None
-                self._fanout.pop(channel, None)
-            if new_channels:
-                self._send_subscribe(new_channels)
-            waits = [self._ready[channel] for channel in subscription.channels]
+            to_subscribe = []
+            for name in subscription.channels:
+                channel = self._channels.get(name)
+                if channel is None:
+                    channel = self._channels[name] = _Channel()
+                if not channel.subscribers:
+                    to_subscribe.append(name)
+                channel.subscribers[subscription] = None
+                channel.fanout = None
+            self._send_subscribe(to_subscribe)
+            waits = [self._channels[name].ready for name in subscription.channels]
         for ready in waits:
             if not ready.wait(max(0.0, deadline - time.monotonic())):
                 self.unsubscribe(subscription)
@@ -150,32 +210,39 @@ class Hub:
         """Release a subscriber; a channel nobody here listens to is unsubscribed."""
         with self._lock:
             vacated = []
-            for channel in subscription.channels:
-                subscribers = self._subscribers.get(channel)
-                if subscribers is None or subscription not in subscribers:
+            for name in subscription.channels:
+                channel = self._channels.get(name)
+                if channel is None or subscription not in channel.subscribers:
                     continue
-                del subscribers[subscription]
-                self._fanout.pop(channel, None)
-                if not subscribers:
-                    del self._subscribers[channel]
-                    if not self._pending.get(channel):
-                        self._ready.pop(channel, None)
-                    vacated.append(channel)
+                del channel.subscribers[subscription]
+                channel.fanout = None
+                if not channel.subscribers:
+                    vacated.append(name)
+                    channel.last = channel.replayed_to = None
+                    if not channel.pending:
+                        del self._channels[name]
             if vacated:
                 self._send(self._connection, "UNSUBSCRIBE", *vacated)
 
-    @property
-    def connected(self) -> bool:
-        return self._connection is not None
+    def positions(self, channels: Iterable[str]) -> dict[str, Position]:
+        """Each channel's newest history position as this hub has seen it."""
+        positions = {}
+        with self._lock:
+            for name in channels:
+                channel = self._channels.get(name)
+                last = channel.last if channel is not None else None
+                positions[name] = last if last is not None else ORIGIN
+        return positions
 
     def local_subscribers(self, channel: str) -> int:
         """How many clients of this process are subscribed to ``channel``."""
-        return len(self._subscribers.get(channel, ()))
+        state = self._channels.get(channel)
+        return len(state.subscribers) if state else 0
 
     def channels(self) -> list[str]:
         """Channels with at least one subscriber in this process."""
         with self._lock:
-            return list(self._subscribers)
+            return [name for name, channel in self._channels.items() if channel.subscribers]
 
     # -- the connection, under _lock -----------------------------------------
 
@@ -185,13 +252,15 @@ class Hub:
             threading.Thread(target=self._run, name="flask-sse-hub", daemon=True).start()
             threading.Thread(target=self._ping, name="flask-sse-ping", daemon=True).start()
 
-    def _send_subscribe(self, channels: list[str]) -> None:
-        for channel in channels:
-            self._pending[channel] = self._pending.get(channel, 0) + 1
-            ready = self._ready.get(channel)
-            if ready is None or ready.is_set():
-                self._ready[channel] = threading.Event()
-        self._send(self._connection, "SUBSCRIBE", *channels)
+    def _send_subscribe(self, names: list[str]) -> None:
+        if not names:
+            return
+        for name in names:
+            channel = self._channels[name]
+            channel.pending += 1
+            if channel.ready.is_set():
+                channel.ready = threading.Event()
+        self._send(self._connection, "SUBSCRIBE", *names)
 
     def _send(self, connection: Any, *command: str) -> None:
         if connection is None or connection is not self._connection:
@@ -242,9 +311,12 @@ class Hub:
         with self._lock:
             self._connection = connection
             self._attempts += 1
-            self._pending.clear()
-            if self._subscribers:
-                self._send_subscribe(list(self._subscribers))
+            for name, channel in list(self._channels.items()):
+                channel.pending = 0
+                if not channel.subscribers:
+                    channel.ready.set()
+                    del self._channels[name]
+            self._send_subscribe(list(self._channels))
             self._attempt_finished.notify_all()
         return connection
 
@@ -253,43 +325,69 @@ class Hub:
             reply = connection.read_response(disconnect_on_error=False, push_request=True)
             if not isinstance(reply, list) or len(reply) != 3:
                 continue  # a PONG
-            kind, channel, body = reply
+            kind, name, body = reply
             if kind == b"message":
-                self._dispatch(channel.decode("utf-8", "replace"), body)
+                self._dispatch(name.decode("utf-8", "replace"), body)
             elif kind == b"subscribe":
-                self._confirmed(channel.decode("utf-8", "replace"))
+                self._subscribed(name.decode("utf-8", "replace"))
 
-    def _confirmed(self, channel: str) -> None:
+    def _subscribed(self, name: str) -> None:
+        """Redis confirmed a SUBSCRIBE: learn the channel's position, or catch up."""
         with self._lock:
-            left = self._pending.get(channel, 0) - 1
-            if left > 0:
-                self._pending[channel] = left
+            channel = self._channels.get(name)
+            if channel is None:
                 return
-            self._pending.pop(channel, None)
-            ready = self._ready.get(channel)
-            if ready is not None:
-                ready.set()
-                if channel not in self._subscribers:
-                    del self._ready[channel]
+            channel.pending -= 1
+            if channel.pending > 0:
+                return
+            if not channel.subscribers:
+                del self._channels[name]
+                channel.ready.set()
+                return
+            since = channel.last
+        if since is None:
+            channel.last = self._history.newest(name)
+        else:
+            self._replay(name, channel, since)
+        channel.ready.set()
 
-    def _dispatch(self, channel: str, body: bytes) -> None:
-        fanout = self._fanout.get(channel)
+    def _replay(self, name: str, channel: _Channel, since: Position) -> None:
+        """Dispatch what history holds after ``since``: published while we were away."""
+        events, gap = self._history.after(name, since)
+        if gap:
+            logger.warning("History of channel %r no longer holds all it missed", name)
+            self._fan_out(channel, Delivery.reset(name))
+        for _, payload in events:
+            delivery = Delivery.decode(name, payload)
+            if delivery is not None:
+                self._fan_out(channel, delivery)
+        if events:
+            channel.last = channel.replayed_to = events[-1][0]
+            logger.info("Replayed %d events of channel %r from history", len(events), name)
+
+    def _dispatch(self, name: str, payload: bytes) -> None:
+        channel = self._channels.get(name)
+        if channel is None or not channel.subscribers:
+            return
+        delivery = Delivery.decode(name, payload)
+        if delivery is None:
+            return
+        position = delivery.position
+        if position is not None:
+            if channel.replayed_to is not None:
+                if position <= channel.replayed_to:
+                    return  # replayed from history already
+                channel.replayed_to = None
+            channel.last = position
+        self._fan_out(channel, delivery)
+
+    def _fan_out(self, channel: _Channel, delivery: Delivery) -> None:
+        fanout = channel.fanout
         if fanout is None:
             with self._lock:
-                subscribers = self._subscribers.get(channel)
-                if not subscribers:
-                    return
-                fanout = self._fanout[channel] = tuple(subscribers)
-        try:
-            message = Message.from_payload(body)
-            if message is None:
-                return
-            chunk = message.encode()
-        except Exception:  # noqa: BLE001 - one bad message must not stop the hub
-            logger.exception("Skipped a message on channel %r that cannot be encoded", channel)
-            return
+                fanout = channel.fanout = tuple(channel.subscribers)
         for subscription in fanout:
-            subscription.deliver(chunk)
+            subscription.deliver(delivery)
 
     def _ping(self) -> None:
         while True:

@@ -11,8 +11,8 @@ from typing import Any
 
 from flask import json
 
-from .broker import redis_client
-from .config import channel_problem, check_redis_url
+from .broker import history_for, redis_client
+from .config import DEFAULTS, channel_problem, check_redis_url
 from .message import EventId, Message
 
 
@@ -22,17 +22,31 @@ class Publisher:
     ``data`` that is not ``str`` is serialised with ``flask.json``: the app's
     JSON provider inside an app context, the standard library with Flask's
     defaults (dates, UUIDs, dataclasses) outside one.
+
+    With ``history`` (the number of events kept per channel, as
+    ``SSE_HISTORY``) each event is appended to its channel's history and
+    published in one atomic step, and its id is its history position: an
+    ``id`` given here is then not sent (see the README's "Resume"). With
+    ``history=0`` the event is only published, with the ``id`` given.
     """
 
     def __init__(
-        self, redis_url: str = "redis://localhost:6379/0", default_channel: str = "sse"
+        self,
+        redis_url: str = "redis://localhost:6379/0",
+        default_channel: str = "sse",
+        history: int = DEFAULTS["SSE_HISTORY"],
+        history_ttl: int = DEFAULTS["SSE_HISTORY_TTL"],
     ) -> None:
         check_redis_url(redis_url)
         problem = channel_problem(default_channel)
         if problem:
             raise ValueError(f"default_channel is not usable: {problem}.")
+        if history < 0 or history_ttl < 1:
+            raise ValueError("history must be 0 or more and history_ttl 1 second or more")
         self.redis_url = redis_url
         self.default_channel = default_channel
+        self.history = history
+        self.history_ttl = history_ttl
 
     def publish(
         self,
@@ -53,8 +67,14 @@ class Publisher:
         if problem:
             raise ValueError(f"Cannot publish: {problem}.")
         message = Message(data, type=type, id=id, retry=retry)
-        payload = json.dumps(message.to_dict())
-        return int(redis_client(self.redis_url).publish(channel, payload))
+        if not self.history:
+            return int(redis_client(self.redis_url).publish(channel, json.dumps(message.to_dict())))
+        message.id = None  # the history position becomes the id
+        history = history_for(self.redis_url)
+        _, receivers = history.publish(
+            channel, json.dumps(message.to_dict()), self.history, self.history_ttl
+        )
+        return receivers
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.redis_url!r})"

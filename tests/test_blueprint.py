@@ -65,7 +65,11 @@ def test_headers_go_out_with_the_retry_hint_first(open_stream: type[OpenStream])
     assert stream.response.headers["Content-Type"] == "text/event-stream"
     assert stream.response.headers["Cache-Control"] == "no-cache"
     assert stream.response.headers["X-Accel-Buffering"] == "no"
-    assert stream.read_chunk() == "retry:3000\n\n"
+    assert stream.read_chunk() == "retry:3000\nid:0-0\n\n"
+
+
+def kinds(events: list[Event]) -> list[tuple[str, str]]:
+    return [(event.data, event.type) for event in events]
 
 
 def test_both_apis_reach_a_stream_on_two_channels(app: Flask, open_stream: type[OpenStream]) -> None:
@@ -75,11 +79,14 @@ def test_both_apis_reach_a_stream_on_two_channels(app: Flask, open_stream: type[
         assert sse.publish("two\nlines", type="note", id=4, channel="b") == 1
         assert sse.publish("elsewhere", channel="c") == 0
         sse.publish("last", channel="a")
-    assert stream.events(3) == [
-        Event('{"price": 3}', "update"),
-        Event("two\nlines", "note", "4"),
-        Event("last", "message", "4"),
-    ]
+    events = stream.events(3)
+    assert kinds(events) == [('{"price": 3}', "update"), ("two\nlines", "note"), ("last", "message")]
+    ids = [event.last_event_id.split(",") for event in events]
+    assert all(len(both) == 2 for both in ids)
+    assert ids[0][1] == "0-0"  # nothing on b yet
+    assert ids[1][0] == ids[0][0]  # nothing more on a
+    assert ids[2][1] == ids[1][1] != "4"  # b's history position, not the id given
+    assert ids[2][0] != ids[0][0]
 
 
 def test_default_channel_and_publisher_without_an_app(
@@ -87,7 +94,7 @@ def test_default_channel_and_publisher_without_an_app(
 ) -> None:
     stream = open_stream("/stream")
     assert Publisher(memory_url).publish({"from": "a task"}) == 1
-    assert stream.events(1) == [Event('{"from": "a task"}')]
+    assert kinds(stream.events(1)) == [('{"from": "a task"}', "message")]
 
 
 def test_a_silent_stream_gets_keepalive_comments(open_stream: type[OpenStream]) -> None:
@@ -137,14 +144,14 @@ def test_bad_channel_lists_get_a_clear_400(client: FlaskClient, query: str, erro
 def test_long_unicode_and_repeated_channels_are_accepted(
     open_stream: type[OpenStream], query: str
 ) -> None:
-    assert open_stream(f"/stream?{query}").read_chunk() == "retry:3000\n\n"
+    assert open_stream(f"/stream?{query}").read_chunk().startswith("retry:3000\nid:0-0")
 
 
 def test_unicode_channel_delivery(app: Flask, open_stream: type[OpenStream]) -> None:
     stream = open_stream("/stream?channel=%E6%96%B0%E9%97%BB")
     with app.app_context():
         send_event("新", "闻 ✓", channel="新闻")
-    assert stream.events(1) == [Event("闻 ✓", "新")]
+    assert kinds(stream.events(1)) == [("闻 ✓", "新")]
 
 
 def test_redis_down_at_connect_is_a_503(app: Flask, memory_url: str, client: FlaskClient) -> None:
@@ -184,7 +191,7 @@ def test_garbage_on_a_channel_never_stops_the_hub(
         raw.publish("sse", garbage)
     raw.publish("sse", b'["legacy", "array"]')
     raw.publish("sse", b'{"data": "ok", "type": "evil\\ndata: injected"}')
-    assert stream.events(2) == [Event("array", "legacy"), Event("ok", "evildata: injected")]
+    assert stream.events(2) == [Event("array", "legacy", "0-0"), Event("ok", "evildata: injected", "0-0")]
 
 
 def test_a_client_that_falls_behind_is_disconnected(memory_url: str) -> None:

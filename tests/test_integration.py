@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from .conftest import Gunicorn, RedisServer, free_port
-from .sse_client import Event, StreamClient, datas, wait_for
+from .sse_client import StreamClient, datas, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -47,10 +47,15 @@ def connections_redis_sees(redis_server: RedisServer, pid: int) -> int:
     return sum(1 for address in addresses if int(address.rsplit(":", 1)[1]) in ports)
 
 
-def open_stream(server: Gunicorn, query: str, path: str = "/stream") -> StreamClient:
-    stream = StreamClient(server.port, f"{path}?{query}")
+def open_stream(
+    server: Gunicorn, query: str, path: str = "/stream", headers: dict[str, str] | None = None
+) -> StreamClient:
+    """A stream that has read its opening lines (``retry:`` and the positions)."""
+    stream = StreamClient(server.port, f"{path}?{query}", headers)
     assert stream.status == 200
     assert stream.read_line() == "retry:3000\n"
+    while stream.read_line() != "\n":
+        pass
     return stream
 
 
@@ -70,19 +75,25 @@ def test_both_apis_and_a_raw_publish_reach_every_subscribed_channel(
         with redis_server.client() as outside:
             outside.publish("b", '{"data": "from redis-cli", "type": "raw"}')
             outside.publish("a", '["array", {"old": true}]')
-        assert both.events(4) == [
-            Event('{"n": 1}', "t", "1"),
-            Event("x\ny", "legacy", "1"),
-            Event("from redis-cli", "raw", "1"),
-            Event('{"old": true}', "array", "1"),
+        events = both.events(4)
+        assert [(event.data, event.type) for event in events] == [
+            ('{"n": 1}', "t"),
+            ("x\ny", "legacy"),
+            ("from redis-cli", "raw"),
+            ('{"old": true}', "array"),
         ]
+        # ids are history positions, one per channel; raw publishes have none
+        a, b = events[1].last_event_id.split(",")
+        assert events[0].last_event_id == f"{a},0-0"
+        assert events[3].last_event_id == events[2].last_event_id == events[1].last_event_id
+        with redis_server.client() as history:
+            assert [entry[0].decode() for entry in history.xrange("sse:history:{a}")] == [a]
         assert datas(only_b.events(2)) == ["x\ny", "from redis-cli"]
 
 
 def test_keepalive_comment_on_a_silent_stream(gunicorn: Start, redis_url: str) -> None:
     server = gunicorn(redis_url, keepalive=0.3)
     with open_stream(server, "channel=quiet") as stream:
-        assert stream.read_line() == "\n"
         assert stream.read_line() == ":\n"
         assert stream.read_line() == "\n"
         assert stream.parser.events == []

@@ -1,0 +1,103 @@
+"""Per-channel history in Redis Streams, for resuming after any reconnect.
+
+Every publish appends the event to its channel's stream and publishes it in
+one Lua script, so an event is never in one without the other. The SSE
+``id`` of an event is its stream entry id (``"<ms>-<seq>"``): its position.
+
+Each entry also records the id of the entry before it (``p``). When a client
+resumes from position P, the first entry after P must name P as its
+predecessor; if it names another, entries between were trimmed (or expired)
+and the client is told there is a gap.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import redis
+
+#: A position in a channel's history: the stream entry id as (ms, seq).
+Position = tuple[int, int]
+#: Where a channel's history starts: before every entry.
+ORIGIN: Position = (0, 0)
+
+_POSITION = re.compile(r"(\d{1,20})-(\d{1,20})")
+
+_APPEND_AND_PUBLISH = """
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local previous = '0-0'
+if newest[1] then previous = newest[1][1] end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'p', previous, 'd', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+local receivers = redis.call('PUBLISH', ARGV[1], '{"id":"' .. id .. '",' .. string.sub(ARGV[2], 2))
+return {id, receivers}
+"""
+
+
+def history_key(channel: str) -> str:
+    """The stream of ``channel`` (the braces keep it in the channel's cluster slot)."""
+    return "sse:history:{" + channel + "}"
+
+
+def parse_position(text: object) -> Position | None:
+    """``"1700000000000-3"`` as ``(1700000000000, 3)``; anything else ``None``."""
+    if isinstance(text, str):
+        match = _POSITION.fullmatch(text)
+        if match:
+            return int(match[1]), int(match[2])
+    return None
+
+
+def format_position(position: Position) -> str:
+    return f"{position[0]}-{position[1]}"
+
+
+def with_position(payload: bytes, position: bytes) -> bytes:
+    """A stored payload (a JSON object without ``id``) with its ``id`` put first."""
+    return b'{"id":"' + position + b'",' + payload[1:]
+
+
+class History:
+    """Appends to and reads from the channels' streams through one client."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._append_and_publish = client.register_script(_APPEND_AND_PUBLISH)
+
+    def publish(self, channel: str, payload: str, maxlen: int, ttl: int) -> tuple[str, int]:
+        """Append and publish atomically; return the position and the receivers.
+
+        ``payload`` is a JSON object without an ``id``: the position becomes it.
+        """
+        if not payload.startswith("{"):
+            raise ValueError(f"a history payload must be a JSON object, got {payload[:40]!r}")
+        position, receivers = self._append_and_publish(
+            keys=[history_key(channel)], args=[channel, payload, maxlen, ttl]
+        )
+        return position.decode(), int(receivers)
+
+    def newest(self, channel: str) -> Position:
+        """The position of the channel's newest entry (``ORIGIN`` if none)."""
+        entries: Any = self._client.xrevrange(history_key(channel), count=1)
+        return parse_position(entries[0][0].decode()) if entries else ORIGIN  # type: ignore[return-value]
+
+    def after(self, channel: str, position: Position) -> tuple[list[tuple[Position, bytes]], bool]:
+        """Every stored event after ``position``, oldest first, and whether some are lost.
+
+        Events are payloads as published (with their ``id``). The flag is true
+        when entries after ``position`` were trimmed, or the whole stream
+        expired and a new one began. (A stream that expired with nothing
+        published since cannot be told from one that never existed.)
+        """
+        key = history_key(channel)
+        entries: Any = self._client.xrange(key, min="(" + format_position(position))
+        if not entries:
+            return [], False
+        events = []
+        for entry_id, fields in entries:
+            parsed = parse_position(entry_id.decode())
+            assert parsed is not None
+            events.append((parsed, with_position(fields[b"d"], entry_id)))
+        predecessor = parse_position(entries[0][1].get(b"p", b"").decode())
+        return events, predecessor != position

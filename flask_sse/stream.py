@@ -1,0 +1,172 @@
+"""One client's stream: the opening lines, resume from history, live events.
+
+Ids: with history on, the ``id`` of every event is a history position, so
+whatever id a browser sends back in ``Last-Event-ID`` says where to resume.
+A stream on several channels sends one position per channel, comma-separated
+in the order of its ``channel`` parameters (``"1700000000000-0,0-0"``): short,
+bounded by ``SSE_MAX_CHANNELS``, and enough to resume every channel. The
+first lines already carry the current positions, so even a browser that has
+received no event yet resumes from where it connected.
+
+The seam: the subscription is taken before history is read, so an event
+published meanwhile is both in history and in the live queue; positions make
+sure each is written exactly once, in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import select
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+
+from .config import SSEConfig
+from .history import History, Position, format_position, parse_position
+from .hub import Delivery, Subscription
+
+logger = logging.getLogger("flask_sse")
+
+#: Sent after ``SSE_KEEPALIVE`` seconds of silence: a comment, ignored by
+#: ``EventSource``, that keeps proxies from closing an idle connection.
+KEEPALIVE = b":\n\n"
+#: Longest text one channel's position takes in an id.
+_POSITION_LENGTH = 41
+
+
+def parse_last_event_id(text: str, channels: tuple[str, ...]) -> dict[str, Position]:
+    """The per-channel positions of a ``Last-Event-ID``; ``ValueError`` says what is wrong."""
+    if len(text) > _POSITION_LENGTH * len(channels):
+        raise ValueError(
+            f"Last-Event-ID is {len(text)} characters long: longer than any id this stream sends."
+        )
+    parts = text.split(",")
+    if len(parts) != len(channels):
+        raise ValueError(
+            f"Last-Event-ID has {len(parts)} positions but the stream has {len(channels)} "
+            "channels: resume with the same channel parameters, in the same order."
+        )
+    positions = {}
+    for channel, part in zip(channels, parts, strict=True):
+        position = parse_position(part)
+        if position is None:
+            raise ValueError(
+                f"Last-Event-ID {text[:100]!r} is not an id this stream sent: expected "
+                "'<milliseconds>-<sequence>' for each channel, separated by commas."
+            )
+        positions[channel] = position
+    return positions
+
+
+def format_last_event_id(channels: tuple[str, ...], positions: dict[str, Position]) -> str:
+    return ",".join(format_position(positions[channel]) for channel in channels)
+
+
+def event_stream(
+    subscription: Subscription,
+    config: SSEConfig,
+    history: History | None,
+    positions: dict[str, Position],
+    resume: bool,
+    client: Any,
+) -> Iterator[bytes]:
+    """The body of one stream.
+
+    ``history`` is ``None`` when ``SSE_HISTORY`` is 0: ids then pass through
+    as publishers gave them. ``resume`` replays what history holds after
+    ``positions`` before going live. ``client`` is the socket, when the
+    server exposes it, to notice a client that left.
+    """
+    channels = subscription.channels
+    opening = f"retry:{config.retry}\n"
+    if history is not None:
+        opening += f"id:{format_last_event_id(channels, positions)}\n"
+    yield (opening + "\n").encode()
+    if history is not None and resume:
+        try:
+            backlog = _backlog(history, channels, positions)
+        except redis.RedisError as error:
+            logger.warning("Cannot read history to resume a stream (%s); ending it", error)
+            return
+        yield _render(backlog, channels, positions)
+    deadline = time.monotonic() + config.max_age if config.max_age else math.inf
+    keepalive = config.keepalive
+    while True:
+        deliveries = subscription.wait(min(keepalive, deadline - time.monotonic()))
+        if subscription.overflowed:
+            return
+        if deliveries:
+            if history is None:
+                yield b"".join([delivery.chunk for delivery in deliveries])
+            else:
+                chunk = _render(deliveries, channels, positions)
+                if chunk:
+                    yield chunk
+        elif time.monotonic() >= deadline:
+            return
+        elif client is not None and _client_gone(client):
+            return
+        else:
+            yield KEEPALIVE
+
+
+def _backlog(
+    history: History, channels: tuple[str, ...], positions: dict[str, Position]
+) -> list[Delivery]:
+    """What history holds after each channel's position, oldest first."""
+    backlog: list[tuple[Position, Delivery]] = []
+    for channel in channels:
+        events, gap = history.after(channel, positions[channel])
+        if gap:
+            backlog.append((positions[channel], Delivery.reset(channel)))
+        for position, payload in events:
+            delivery = Delivery.decode(channel, payload)
+            if delivery is not None:
+                backlog.append((position, delivery))
+    backlog.sort(key=lambda item: item[0])
+    return [delivery for _, delivery in backlog]
+
+
+def _render(
+    deliveries: list[Delivery], channels: tuple[str, ...], positions: dict[str, Position]
+) -> bytes:
+    """Write each event once: skip what the client has, keep its positions current."""
+    several = len(channels) > 1
+    parts = []
+    for delivery in deliveries:
+        position = delivery.position
+        if position is None:  # not from history (a reset, a raw PUBLISH): sent without id
+            parts.append(delivery.body() + b"\n")
+            continue
+        if position <= positions[delivery.channel]:
+            continue
+        positions[delivery.channel] = position
+        if several:
+            last_event_id = format_last_event_id(channels, positions).encode()
+            parts.append(delivery.body() + b"id:" + last_event_id + b"\n\n")
+        else:
+            parts.append(delivery.chunk)
+    return b"".join(parts)
+
+
+def _client_gone(client: socket.socket) -> bool:
+    """True if the client closed its end; checked without reading its data."""
+    try:
+        readable, _, _ = select.select([client], [], [], 0)
+        return bool(readable) and client.recv(1, socket.MSG_PEEK) == b""
+    except ValueError:  # a TLS socket cannot peek: the next write will tell
+        return False
+    except OSError:
+        return True
+
+
+def hang_up(client: socket.socket) -> None:
+    """Close a slow client's connection, even while a write to it is blocked."""
+    try:
+        client.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
