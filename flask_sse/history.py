@@ -3,6 +3,10 @@
 Every publish appends the event to its channel's stream and publishes it in
 one Lua script, so an event is never in one without the other. The SSE
 ``id`` of an event is its stream entry id (``"<ms>-<seq>"``): its position.
+The script picks the id from the server's clock to the microsecond (``seq``
+counts nanoseconds within the millisecond), so positions on different
+channels also sort in publish order, and a client resuming several channels
+gets their events interleaved as they were published.
 
 Each entry also records the id of the entry before it (``p``). When a client
 resumes from position P, the first entry after P must name P as its
@@ -25,10 +29,23 @@ ORIGIN: Position = (0, 0)
 _POSITION = re.compile(r"(\d{1,20})-(\d{1,20})")
 
 _APPEND_AND_PUBLISH = """
-local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+local seq = (now[2] % 1000) * 1000
 local previous = '0-0'
-if newest[1] then previous = newest[1][1] end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'p', previous, 'd', ARGV[2])
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if newest[1] then
+  previous = newest[1][1]
+  local dash = string.find(previous, '-', 1, true)
+  local last_ms = tonumber(string.sub(previous, 1, dash - 1))
+  local last_seq = tonumber(string.sub(previous, dash + 1))
+  if last_ms > ms or (last_ms == ms and last_seq >= seq) then
+    ms = last_ms
+    seq = last_seq + 1
+  end
+end
+local id = string.format('%.0f-%.0f', ms, seq)
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], id, 'p', previous, 'd', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 local receivers = redis.call('PUBLISH', ARGV[1], '{"id":"' .. id .. '",' .. string.sub(ARGV[2], 2))
 return {id, receivers}

@@ -58,19 +58,6 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
-@dataclass
-class RedisServer:
-    port: int
-    process: subprocess.Popen[bytes]
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
-
-
 def _need(binary: str) -> str:
     path = shutil.which(binary)
     if path is None:
@@ -81,30 +68,61 @@ def _need(binary: str) -> str:
     return path
 
 
+@dataclass
+class RedisServer:
+    """A redis-server of the tests' own; ``restart`` keeps its port and data."""
+
+    port: int
+    arguments: list[str]
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+    def start(self) -> None:
+        command = [_need("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1"]
+        self.process = subprocess.Popen(command + self.arguments, stdout=subprocess.DEVNULL)
+        with self.client() as probe:
+
+            def answers() -> bool:
+                try:
+                    return bool(probe.ping())
+                except redis.ConnectionError:
+                    return False
+
+            wait_for(answers, what=f"redis-server on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    binary = _need("redis-server")
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    server = RedisServer(port, process)
-    probe = server.client()
+    server = RedisServer(free_port(), ["--save", "", "--appendonly", "no"])
+    server.start()
+    yield server
+    server.stop()
 
-    def answers() -> bool:
-        try:
-            return bool(probe.ping())
-        except redis.ConnectionError:
-            return False
 
-    try:
-        wait_for(answers, what=f"redis-server on port {port}")
-        yield server
-    finally:
-        probe.close()
-        process.terminate()
-        process.wait(10)
+@pytest.fixture
+def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A server of this test's own that keeps every write across a restart."""
+    arguments = ["--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", str(tmp_path)]
+    server = RedisServer(free_port(), arguments)
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
@@ -150,18 +168,16 @@ def gunicorn() -> Iterator[Callable[..., Gunicorn]]:
 
     def start(
         redis_url: str,
-        keepalive: float = 15,
-        queue_size: int = 1000,
         app: str = "tests.serve:app",
         options: tuple[str, ...] = ("-w", "1"),
+        **settings: object,
     ) -> Gunicorn:
+        """``settings`` are ``SSE_*`` keys for ``tests.serve``'s config."""
         port = free_port()
         env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),
-            "SSE_TEST_REDIS_URL": redis_url,
-            "SSE_TEST_KEEPALIVE": str(keepalive),
-            "SSE_TEST_QUEUE_SIZE": str(queue_size),
+            "SSE_TEST_SETTINGS": json.dumps({"SSE_REDIS_URL": redis_url, **settings}),
             "REDIS_URL": redis_url,
         }
         command = [

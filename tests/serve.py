@@ -7,6 +7,7 @@ Configured from the environment by the ``gunicorn`` fixture: the ready-made
 
 from __future__ import annotations
 
+import json
 import os
 
 from flask import Flask, abort, request
@@ -26,9 +27,7 @@ def refuse_secret_channel() -> None:
 
 def create_app() -> Flask:
     app = Flask(__name__)
-    app.config["SSE_REDIS_URL"] = os.environ["SSE_TEST_REDIS_URL"]
-    app.config["SSE_KEEPALIVE"] = float(os.environ.get("SSE_TEST_KEEPALIVE", "15"))
-    app.config["SSE_QUEUE_SIZE"] = int(os.environ.get("SSE_TEST_QUEUE_SIZE", "1000"))
+    app.config.update(json.loads(os.environ["SSE_TEST_SETTINGS"]))
     app.register_blueprint(sse, url_prefix="/stream")
     app.register_blueprint(private, url_prefix="/private")
 

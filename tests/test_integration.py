@@ -92,7 +92,7 @@ def test_both_apis_and_a_raw_publish_reach_every_subscribed_channel(
 
 
 def test_keepalive_comment_on_a_silent_stream(gunicorn: Start, redis_url: str) -> None:
-    server = gunicorn(redis_url, keepalive=0.3)
+    server = gunicorn(redis_url, SSE_KEEPALIVE=0.3)
     with open_stream(server, "channel=quiet") as stream:
         assert stream.read_line() == ":\n"
         assert stream.read_line() == "\n"
@@ -125,7 +125,7 @@ def test_redis_connections_stay_constant_from_1_to_300_subscribers(
 def test_closed_clients_are_released_within_the_keepalive(
     gunicorn: Start, redis_url: str, redis_server: RedisServer
 ) -> None:
-    server = gunicorn(redis_url, keepalive=1)
+    server = gunicorn(redis_url, SSE_KEEPALIVE=1)
     streams = [open_stream(server, "channel=gone&channel=gone-too") for _ in range(5)]
     with redis_server.client() as client:
         assert client.pubsub_numsub("gone", "gone-too") == [(b"gone", 1), (b"gone-too", 1)]
@@ -143,7 +143,7 @@ def test_closed_clients_are_released_within_the_keepalive(
 def test_a_client_that_never_reads_is_cut_off_and_others_go_on(
     gunicorn: Start, redis_url: str, redis_server: RedisServer
 ) -> None:
-    server = gunicorn(redis_url, queue_size=10)
+    server = gunicorn(redis_url, SSE_QUEUE_SIZE=10)
     stuck = socket.create_connection(("127.0.0.1", server.port))
     stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stuck.sendall(b"GET /stream?channel=flood HTTP/1.1\r\nHost: x\r\n\r\n")

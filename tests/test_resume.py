@@ -1,0 +1,187 @@
+"""Resume from history, on the embedded broker: ids, the seam, gaps, limits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from flask_sse import Publisher, sse
+from flask_sse.broker import redis_client
+from flask_sse.history import History
+
+from .sse_client import Event, Parser
+
+
+class Stream:
+    """A streaming test-client response, parsed as a browser would."""
+
+    def __init__(self, app: Flask, query: str = "", headers: dict[str, str] | None = None) -> None:
+        self.response = app.test_client().get(f"/stream?{query}", headers=headers, buffered=False)
+        self.status = self.response.status_code
+        self.chunks: Iterator[bytes] = iter(self.response.response)
+        self.parser = Parser()
+        self._rest = ""
+        self.ended = False
+
+    def read(self) -> None:
+        try:
+            text = next(self.chunks).decode()
+        except StopIteration:
+            self.ended = True
+            return
+        lines = (self._rest + text).split("\n")
+        self._rest = lines.pop()
+        for line in lines:
+            self.parser.feed_line(line)
+
+    def events(self, count: int) -> list[Event]:
+        while len(self.parser.events) < count and not self.ended:
+            self.read()
+        assert len(self.parser.events) >= count, self.parser.events
+        return self.parser.events[:count]
+
+    def close(self) -> None:
+        self.response.close()
+
+
+def make_app(memory_url: str, **settings: Any) -> Flask:
+    app = Flask(__name__)
+    app.config.update(SSE_REDIS_URL=memory_url, SSE_KEEPALIVE=0.2, **settings)
+    app.register_blueprint(sse, url_prefix="/stream")
+    return app
+
+
+def publish_numbers(memory_url: str, numbers: range, channel: str = "sse", **kwargs: Any) -> None:
+    publisher = Publisher(memory_url, **kwargs)
+    for number in numbers:
+        publisher.publish(str(number), channel=channel)
+
+
+def test_resume_gets_exactly_what_was_missed(memory_url: str) -> None:
+    app = make_app(memory_url)
+    first = Stream(app)
+    publish_numbers(memory_url, range(10))
+    seen = first.events(4)
+    first.close()
+    publish_numbers(memory_url, range(10, 15))
+    again = Stream(app, headers={"Last-Event-ID": seen[-1].last_event_id})
+    assert [event.data for event in again.events(11)] == [str(n) for n in range(4, 15)]
+    publish_numbers(memory_url, range(15, 17))
+    assert [event.data for event in again.events(13)[11:]] == ["15", "16"]
+    again.close()
+
+
+def test_a_client_that_saw_no_event_resumes_from_where_it_connected(memory_url: str) -> None:
+    publish_numbers(memory_url, range(3))
+    app = make_app(memory_url)
+    first = Stream(app)
+    first.read()
+    opening_id = first.parser.last_event_id
+    assert opening_id != "0-0"
+    first.close()
+    publish_numbers(memory_url, range(3, 5))
+    again = Stream(app, query=f"lastEventId={opening_id}")
+    assert [event.data for event in again.events(2)] == ["3", "4"]
+    again.close()
+
+
+def test_the_header_wins_over_the_query_parameter(memory_url: str) -> None:
+    publish_numbers(memory_url, range(3))
+    newest = History(redis_client(memory_url)).newest("sse")
+    app = make_app(memory_url)
+    stream = Stream(app, query="lastEventId=0-0", headers={"Last-Event-ID": f"{newest[0]}-{newest[1]}"})
+    stream.read()
+    publish_numbers(memory_url, range(3, 4))
+    assert [event.data for event in stream.events(1)] == ["3"]
+    stream.close()
+
+
+def test_several_channels_resume_each_from_its_own_position(memory_url: str) -> None:
+    app = make_app(memory_url)
+    first = Stream(app, "channel=a&channel=b&channel=c")
+    publisher = Publisher(memory_url)
+    for number in range(6):
+        publisher.publish(str(number), channel="abc"[number % 3])
+    seen = first.events(4)
+    first.close()
+    assert len(seen[-1].last_event_id.split(",")) == 3
+    for number in range(6, 9):
+        publisher.publish(str(number), channel="abc"[number % 3])
+    again = Stream(app, "channel=a&channel=b&channel=c", {"Last-Event-ID": seen[-1].last_event_id})
+    assert [event.data for event in again.events(5)] == ["4", "5", "6", "7", "8"]
+    again.close()
+
+
+def test_a_trimmed_history_is_signalled_with_a_reset_event(memory_url: str) -> None:
+    app = make_app(memory_url, SSE_HISTORY=5)
+    first = Stream(app)
+    first.read()
+    opening_id = first.parser.last_event_id
+    first.close()
+    publish_numbers(memory_url, range(300), history=5)
+    again = Stream(app, headers={"Last-Event-ID": opening_id})
+    reset, *kept = again.events(6)
+    assert (reset.type, reset.data) == ("reset", '{"channel": "sse"}')
+    assert 5 <= int(kept[-1].data) < 300
+    numbers = [int(event.data) for event in kept]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    assert numbers[0] > 0  # the oldest were trimmed
+    again.close()
+
+
+@pytest.mark.parametrize(
+    ("last_event_id", "error"),
+    [
+        ("garbage", "is not an id this stream sent"),
+        ("1-0,2-0", "has 2 positions but the stream has 1 channels"),
+        ("1-x", "is not an id this stream sent"),
+        ("1-0" * 100, "longer than any id this stream sends"),
+        ("-1-0", "is not an id this stream sent"),
+    ],
+)
+def test_a_malformed_last_event_id_is_a_400(memory_url: str, last_event_id: str, error: str) -> None:
+    response = make_app(memory_url).test_client().get("/stream", headers={"Last-Event-ID": last_event_id})
+    assert response.status_code == 400
+    assert error in response.get_json()["error"]
+
+
+def test_ids_given_by_callers_give_way_to_positions(memory_url: str) -> None:
+    app = make_app(memory_url)
+    stream = Stream(app)
+    with app.app_context():
+        sse.publish("x", id=42)
+    (event,) = stream.events(1)
+    assert event.last_event_id != "42"
+    assert event.last_event_id == "{}-{}".format(*History(redis_client(memory_url)).newest("sse"))
+    stream.close()
+
+
+def test_without_history_ids_pass_through_and_nothing_is_stored(memory_url: str) -> None:
+    app = make_app(memory_url, SSE_HISTORY=0)
+    stream = Stream(app, headers={"Last-Event-ID": "anything the old library sent"})
+    assert stream.status == 200
+    stream.read()
+    assert stream.parser.last_event_id == ""  # no opening id
+    with app.app_context():
+        sse.publish("x", id=42)
+    assert stream.events(1) == [Event("x", "message", "42")]
+    assert redis_client(memory_url).keys("sse:history:*") == []
+    stream.close()
+
+
+def test_history_expires(memory_url: str) -> None:
+    publish_numbers(memory_url, range(2), history_ttl=7)
+    assert 0 < redis_client(memory_url).ttl("sse:history:{sse}") <= 7
+
+
+def test_max_age_ends_the_stream_cleanly(memory_url: str) -> None:
+    app = make_app(memory_url, SSE_MAX_AGE=0.3)
+    stream = Stream(app)
+    while not stream.ended:
+        stream.read()
+    assert stream.parser.events == []
+    assert stream.parser.comments  # keepalives until then
+    stream.close()
