@@ -96,6 +96,7 @@ def test_the_seam_while_50_clients_reconnect_under_continuous_publishing(
         cwd=ROOT,
     )
     received: dict[int, list[int]] = {}
+    connections = []
 
     def client(number: int) -> None:
         rng = random.Random(number)
@@ -103,6 +104,7 @@ def test_the_seam_while_50_clients_reconnect_under_continuous_publishing(
         last_event_id = None
         while not numbers or numbers[-1] != total - 1:
             stream = open_stream(server, "channel=seam", last_event_id)
+            connections.append(number)
             last_event_id = stream.parser.last_event_id
             for _ in range(rng.randint(1, 40)):
                 event = stream.next_event()
@@ -118,8 +120,8 @@ def test_the_seam_while_50_clients_reconnect_under_continuous_publishing(
     assert publisher.wait(60) == 0
     for numbers in received.values():
         assert numbers == list(range(numbers[0], total)), "lost, duplicated or out of order"
-    reconnects = sum(len(numbers) for numbers in received.values())
-    assert reconnects > 50 * 10
+    assert len(connections) > 50 * 10
+    print(f"seam: {total} events, 50 clients, {len(connections)} connections: 0 lost, 0 twice")
 
 
 def stream_and_collect(server: Gunicorn, query: str, until: str) -> tuple[Callable[[], None], list[str]]:
