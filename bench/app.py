@@ -1,0 +1,23 @@
+"""The tiny app both Flask servers run: this project's and flask-sse 1.0.0's.
+
+The same file serves both; which ``flask_sse`` it imports is decided by
+``PYTHONPATH`` (flask-sse 1.0.0 is installed into a folder of its own).
+"""
+
+from __future__ import annotations
+
+import os
+
+from flask import Flask, request
+
+from flask_sse import sse
+
+app = Flask(__name__)
+app.config["REDIS_URL"] = os.environ["BENCH_REDIS_URL"]
+app.register_blueprint(sse, url_prefix="/stream")
+
+
+@app.post("/publish")
+def publish() -> tuple[str, int]:
+    sse.publish(request.get_data(as_text=True), channel="bench")
+    return "", 204
