@@ -104,6 +104,7 @@ class ServerSentEventsBlueprint(Blueprint):
             resume or hub.positions(channels),
             resume is not None,
             client,
+            chunked=_is_chunked(request.environ),
         )
         response = Response(
             body,
@@ -157,6 +158,11 @@ def _app_state(caller: str) -> SSEState:
             "registered on the app: app.register_blueprint(sse, url_prefix='/stream')."
         )
     return state
+
+
+def _is_chunked(environ: dict[str, Any]) -> bool:
+    """Whether gunicorn frames this streamed response as HTTP/1.1 chunks."""
+    return "gunicorn.socket" in environ and environ.get("SERVER_PROTOCOL") == "HTTP/1.1"
 
 
 def _channels_problem(channels: tuple[str, ...], max_channels: int) -> str | None:

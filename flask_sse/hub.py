@@ -25,6 +25,7 @@ reads from.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -44,6 +45,8 @@ logger = logging.getLogger("flask_sse")
 #: Seconds between PINGs on the pub/sub connection; three missed answers and
 #: the link is declared dead (a cut network sends no RST).
 PING_INTERVAL = 5.0
+#: Seconds between looks for subscriptions whose ``due`` time has passed.
+TICK = 0.25
 #: Reconnection backoff: first wait and cap, in seconds (with jitter).
 BACKOFF_FIRST = 0.05
 BACKOFF_CAP = 2.0
@@ -57,17 +60,20 @@ class Delivery:
     """One event as every subscriber of its channel receives it: encoded once.
 
     ``chunk`` is the event's wire form with the id it was published with;
-    ``position`` is that id when it is a history position.
+    ``position`` is that id when it is a history position; ``created`` is
+    when the hub received it (``time.monotonic()``).
     """
 
-    __slots__ = ("channel", "position", "chunk", "_message", "_body")
+    __slots__ = ("channel", "position", "chunk", "created", "_message", "_body", "_framed")
 
     def __init__(self, channel: str, message: Message) -> None:
         self.channel = channel
         self.position = parse_position(message.id)
         self.chunk = message.encode()
+        self.created = time.monotonic()
         self._message = message
         self._body: bytes | None = None
+        self._framed: bytes | None = None
 
     @classmethod
     def decode(cls, channel: str, payload: bytes) -> Delivery | None:
@@ -92,6 +98,12 @@ class Delivery:
             self._body = without_id.encode()[:-1]
         return self._body
 
+    def framed(self) -> bytes:
+        """``chunk`` as one HTTP/1.1 chunk, for writing straight to a socket."""
+        if self._framed is None:
+            self._framed = b"%X\r\n%s\r\n" % (len(self.chunk), self.chunk)
+        return self._framed
+
 
 class Subscription:
     """One client's end of the hub: a bounded queue of deliveries.
@@ -101,37 +113,60 @@ class Subscription:
     ``limit`` events behind is marked ``overflowed``, stops receiving, and
     ``on_overflow`` is called so its connection can be closed: memory stays
     bounded and the other clients are not held up.
+
+    ``fast_write``, when set, is offered each delivery while the client's
+    thread sleeps with nothing queued: it may write the event itself (straight
+    to the socket, without waking anyone) and return True. The hub's
+    maintenance thread wakes a sleeping client once ``due`` (a
+    ``time.monotonic()`` time) has passed: for keepalives and time limits,
+    without a timer per wait.
     """
 
-    __slots__ = ("channels", "overflowed", "on_overflow", "_queue", "_limit", "_wakeup")
+    __slots__ = (
+        "channels", "overflowed", "on_overflow", "fast_write", "due",
+        "_queue", "_limit", "_wakeup", "_sleeping",
+    )
 
     def __init__(self, channels: tuple[str, ...], limit: int) -> None:
         self.channels = channels
         self.overflowed = False
         self.on_overflow: Callable[[], None] | None = None
+        self.fast_write: Callable[[Delivery], bool] | None = None
+        self.due = math.inf
         self._queue: deque[Delivery] = deque()
         self._limit = limit
         self._wakeup = threading.Event()
+        self._sleeping = False
 
     def deliver(self, delivery: Delivery) -> None:
         if self.overflowed:
             return
-        if len(self._queue) >= self._limit:
+        queue = self._queue
+        if self._sleeping and not queue:
+            fast_write = self.fast_write
+            if fast_write is not None and fast_write(delivery):
+                return
+        if len(queue) >= self._limit:
             self.overflowed = True
             self._wakeup.set()
             if self.on_overflow is not None:
                 self.on_overflow()
             return
-        self._queue.append(delivery)
+        queue.append(delivery)
         self._wakeup.set()
 
-    def wait(self, timeout: float) -> list[Delivery]:
-        """Everything queued, oldest first; empty if nothing came in ``timeout``."""
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def wait(self) -> list[Delivery]:
+        """Everything queued, oldest first; empty when woken for another reason."""
         queue = self._queue
         if not queue:
             self._wakeup.clear()
             if not queue:  # checked again: a delivery may have come before clear()
-                self._wakeup.wait(timeout)
+                self._sleeping = True
+                self._wakeup.wait()
+                self._sleeping = False
         return [queue.popleft() for _ in range(len(queue))]
 
 
@@ -170,6 +205,8 @@ class Hub:
         self._attempts = 0
         self._started = False
         self._channels: dict[str, _Channel] = {}
+        #: every subscription, for the maintenance thread's wake-ups
+        self._subscriptions: dict[Subscription, None] = {}
 
     # -- for the stream view -------------------------------------------------
 
@@ -189,6 +226,7 @@ class Hub:
             )
             if self._connection is None:
                 raise HubUnavailable("Redis is unreachable; see the log for why")
+            self._subscriptions[subscription] = None
             to_subscribe = []
             for name in subscription.channels:
                 channel = self._channels.get(name)
@@ -209,6 +247,7 @@ class Hub:
     def unsubscribe(self, subscription: Subscription) -> None:
         """Release a subscriber; a channel nobody here listens to is unsubscribed."""
         with self._lock:
+            self._subscriptions.pop(subscription, None)
             vacated = []
             for name in subscription.channels:
                 channel = self._channels.get(name)
@@ -250,7 +289,7 @@ class Hub:
         if not self._started:
             self._started = True
             threading.Thread(target=self._run, name="flask-sse-hub", daemon=True).start()
-            threading.Thread(target=self._ping, name="flask-sse-ping", daemon=True).start()
+            threading.Thread(target=self._maintain, name="flask-sse-tick", daemon=True).start()
 
     def _send_subscribe(self, names: list[str]) -> None:
         if not names:
@@ -389,8 +428,16 @@ class Hub:
         for subscription in fanout:
             subscription.deliver(delivery)
 
-    def _ping(self) -> None:
+    def _maintain(self) -> None:
+        """Wake subscriptions that are due; PING Redis every ``PING_INTERVAL``."""
+        next_ping = time.monotonic() + PING_INTERVAL
         while True:
-            time.sleep(PING_INTERVAL)
-            with self._lock:
-                self._send(self._connection, "PING")
+            time.sleep(TICK)
+            now = time.monotonic()
+            for subscription in tuple(self._subscriptions):
+                if subscription.due <= now:
+                    subscription.wake()
+            if now >= next_ping:
+                next_ping = now + PING_INTERVAL
+                with self._lock:
+                    self._send(self._connection, "PING")

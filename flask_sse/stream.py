@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import select
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -73,13 +75,16 @@ def event_stream(
     positions: dict[str, Position],
     resume: bool,
     client: Any,
+    chunked: bool = False,
 ) -> Iterator[bytes]:
     """The body of one stream.
 
     ``history`` is ``None`` when ``SSE_HISTORY`` is 0: ids then pass through
     as publishers gave them. ``resume`` replays what history holds after
     ``positions`` before going live. ``client`` is the socket, when the
-    server exposes it, to notice a client that left.
+    server exposes it, to notice a client that left; ``chunked`` says the
+    server frames this response as HTTP/1.1 chunks on that socket, which lets
+    the hub write events straight to it (see :class:`DirectWriter`).
     """
     channels = subscription.channels
     opening = f"retry:{config.retry}\n"
@@ -93,25 +98,122 @@ def event_stream(
             logger.warning("Cannot read history to resume a stream (%s); ending it", error)
             return
         yield _render(backlog, channels, positions)
-    deadline = time.monotonic() + config.max_age if config.max_age else math.inf
     keepalive = config.keepalive
-    while True:
-        deliveries = subscription.wait(min(keepalive, deadline - time.monotonic()))
-        if subscription.overflowed:
-            return
-        if deliveries:
-            if history is None:
-                yield b"".join([delivery.chunk for delivery in deliveries])
+    deadline = time.monotonic() + config.max_age if config.max_age else math.inf
+    subscription.due = min(time.monotonic() + keepalive, deadline)
+    direct = DirectWriter.for_stream(
+        subscription, client, chunked, history is not None, positions, keepalive, deadline
+    )
+    subscription.fast_write = direct
+    try:
+        while True:
+            deliveries = subscription.wait()
+            if direct is not None and not direct.flush(client):
+                return
+            if subscription.overflowed:
+                return
+            now = time.monotonic()
+            if deliveries:
+                if history is None:
+                    yield b"".join([delivery.chunk for delivery in deliveries])
+                else:
+                    chunk = _render(deliveries, channels, positions)
+                    if chunk:
+                        yield chunk
+            elif now >= deadline:
+                return
+            elif now >= subscription.due:
+                if client is not None and _client_gone(client):
+                    return
+                yield KEEPALIVE
             else:
-                chunk = _render(deliveries, channels, positions)
-                if chunk:
-                    yield chunk
-        elif time.monotonic() >= deadline:
-            return
-        elif client is not None and _client_gone(client):
-            return
-        else:
-            yield KEEPALIVE
+                continue  # woken early: the hub wrote directly meanwhile
+            subscription.due = min(time.monotonic() + keepalive, deadline)
+    finally:
+        subscription.fast_write = None
+
+
+class DirectWriter:
+    """Writes an event straight to the client's socket, from the hub's thread.
+
+    While a stream's own greenlet sleeps with nothing queued, the hub offers
+    it each event: framed once as an HTTP chunk and shared by every client,
+    it goes out in one non-blocking ``os.write``, without waking the stream's
+    greenlet or passing through WSGI. That is what lets one worker fan out
+    as fast as a bare gevent loop. Only under a server that frames the
+    response as chunks on a non-blocking socket (``gunicorn -k gevent``);
+    only single-channel streams (several channels need per-client ids).
+
+    If the socket takes only part of the chunk, the rest is kept for the
+    stream's greenlet, which is woken to send it before anything else; if it
+    takes nothing, the event is queued as usual.
+    """
+
+    __slots__ = ("_subscription", "_fd", "_history", "_positions", "_channel", "_keepalive",
+                 "_deadline", "remainder", "broken")
+
+    def __init__(
+        self, subscription: Subscription, fd: int, history: bool,
+        positions: dict[str, Position], keepalive: float, deadline: float,
+    ) -> None:
+        self._subscription = subscription
+        self._fd = fd
+        self._history = history
+        self._positions = positions
+        self._channel = subscription.channels[0]
+        self._keepalive = keepalive
+        self._deadline = deadline
+        self.remainder = b""
+        self.broken = False
+
+    @classmethod
+    def for_stream(
+        cls, subscription: Subscription, client: Any, chunked: bool, history: bool,
+        positions: dict[str, Position], keepalive: float, deadline: float,
+    ) -> DirectWriter | None:
+        if client is None or not chunked or len(subscription.channels) != 1:
+            return None
+        try:
+            fd = client.fileno()
+            if os.get_blocking(fd) or isinstance(client, ssl.SSLSocket):
+                return None
+        except (OSError, ValueError):
+            return None
+        return cls(subscription, fd, history, positions, keepalive, deadline)
+
+    def __call__(self, delivery: Delivery) -> bool:
+        position = delivery.position
+        if self._history:
+            if position is None:
+                return False  # rendered without id by the stream's own greenlet
+            if position <= self._positions[self._channel]:
+                return True  # the client has it
+        framed = delivery.framed()
+        try:
+            sent = os.write(self._fd, framed)
+        except BlockingIOError:
+            return False
+        except OSError:
+            self.broken = True
+            self._subscription.wake()
+            return True
+        if position is not None:
+            self._positions[self._channel] = position
+        self._subscription.due = min(delivery.created + self._keepalive, self._deadline)
+        if sent < len(framed):
+            self.remainder = framed[sent:]
+            self._subscription.wake()
+        return True
+
+    def flush(self, client: Any) -> bool:
+        """Send what the hub could not; False if the client is gone."""
+        if self.remainder:
+            try:
+                client.sendall(self.remainder)
+            except OSError:
+                return False
+            self.remainder = b""
+        return not self.broken
 
 
 def _backlog(
