@@ -70,8 +70,18 @@ def install_legacy() -> Path:
     """flask-sse 1.0.0 from the package index, in a folder of its own."""
     if not (LEGACY / "flask_sse.py").exists():
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-             "--target", str(LEGACY), "flask-sse==1.0.0", "six"],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--target",
+                str(LEGACY),
+                "flask-sse==1.0.0",
+                "six",
+            ],
             check=True,
         )
     return LEGACY
@@ -108,9 +118,22 @@ def start_server(name: str, redis_url: str) -> Server:
             cwd = install_legacy()
             env["PYTHONPATH"] = f"{cwd}{os.pathsep}{ROOT}"
         command = [
-            sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1",
-            "--worker-connections", "20000", "--backlog", "4096", "--log-level", "warning",
-            "-b", f"127.0.0.1:{port}", "bench.app:app",
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-k",
+            "gevent",
+            "-w",
+            "1",
+            "--worker-connections",
+            "20000",
+            "--backlog",
+            "4096",
+            "--log-level",
+            "warning",
+            "-b",
+            f"127.0.0.1:{port}",
+            "bench.app:app",
         ]
     process = subprocess.Popen(command, cwd=cwd, env=env, preexec_fn=raise_file_limit)
 
@@ -220,7 +243,9 @@ async def connect(port: int, count: int, tally: Tally, admin: redis.Redis) -> li
     so for it "subscribed" is read from Redis: one subscription per stream.
     """
     loop = asyncio.get_running_loop()
-    request = b"GET /stream?channel=bench HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n"
+    request = (
+        b"GET /stream?channel=bench HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n"
+    )
     subscribers = [Subscriber(tally, request) for _ in range(count)]
     gate = asyncio.Semaphore(400)
 
@@ -228,9 +253,12 @@ async def connect(port: int, count: int, tally: Tally, admin: redis.Redis) -> li
         async with gate:
             await loop.create_connection(lambda: subscriber, "127.0.0.1", port)
 
+    subscribed_before = admin.pubsub_numsub("bench")[0][1]  # flask-sse 1.0.0 leaks closed ones
     await asyncio.gather(*(open_one(subscriber) for subscriber in subscribers))
     deadline = time.monotonic() + 120
-    while tally.connected < count and admin.pubsub_numsub("bench")[0][1] < count:
+    while (
+        tally.connected < count and admin.pubsub_numsub("bench")[0][1] < subscribed_before + count
+    ):
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {tally.connected} of {count} streams opened")
         await asyncio.sleep(0.05)
@@ -239,7 +267,13 @@ async def connect(port: int, count: int, tally: Tally, admin: redis.Redis) -> li
 
 async def publish(port: int, count: int, rate: float, first: int = 0) -> None:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.publish", str(port), str(count), str(rate), str(first),
+        sys.executable,
+        "-m",
+        "bench.publish",
+        str(port),
+        str(count),
+        str(rate),
+        str(first),
         cwd=ROOT,
     )
     if await process.wait():
@@ -247,7 +281,11 @@ async def publish(port: int, count: int, rate: float, first: int = 0) -> None:
 
 
 async def deliver(
-    server: Server, subscribers: list[Subscriber], count: int, rate: float, first: int = 0,
+    server: Server,
+    subscribers: list[Subscriber],
+    count: int,
+    rate: float,
+    first: int = 0,
     timeout: float = 180,
 ) -> dict[str, float]:
     """Publish ``count`` events and wait until every subscriber has them."""
@@ -359,24 +397,38 @@ class Plan:
     burst: int = 20
 
 
-QUICK = Plan(light=10, medium=50, large=200, latency_events=10,
-             saturation_events={"ours": 50, "flask-sse 1.0.0": 20, "ceiling": 50}, burst=5)
+QUICK = Plan(
+    light=10,
+    medium=50,
+    large=200,
+    latency_events=10,
+    saturation_events={"ours": 50, "flask-sse 1.0.0": 20, "ceiling": 50},
+    burst=5,
+)
 
 
 async def run_server(name: str, redis_url: str, plan: Plan, admin: redis.Redis) -> dict[str, Any]:
     server = start_server(name, redis_url)
     try:
         results: dict[str, Any] = {}
-        rate, events, flat_out = plan.latency_rate, plan.latency_events, plan.saturation_events[name]
+        rate, events, flat_out = (
+            plan.latency_rate,
+            plan.latency_events,
+            plan.saturation_events[name],
+        )
         results["light latency"] = await latency(server, plan.light, rate, events, admin)
         results["light saturation"] = await saturation(server, plan.light, flat_out, admin)
         results["latency"] = await latency(server, plan.medium, rate, events, admin)
         results["saturation"] = await saturation(server, plan.medium, flat_out, admin)
         if name == "flask-sse 1.0.0" and plan.large >= 10_000:
-            results["idle then burst"] = {"skipped": "needs one Redis connection per stream: "
-                                          f"{plan.large:,} is past Redis's default maxclients"}
+            results["idle then burst"] = {
+                "skipped": "needs one Redis connection per stream: "
+                f"{plan.large:,} is past Redis's default maxclients"
+            }
         else:
-            results["idle then burst"] = await idle_then_burst(server, plan.large, plan.burst, admin)
+            results["idle then burst"] = await idle_then_burst(
+                server, plan.large, plan.burst, admin
+            )
         return results
     finally:
         server.stop()
@@ -390,11 +442,21 @@ ROWS = [
     ("latency", "p50_ms", "N={medium}, {rate:g} ev/s: latency p50 (ms)", "{:.1f}"),
     ("latency", "p99_ms", "N={medium}, {rate:g} ev/s: latency p99 (ms)", "{:.1f}"),
     ("latency", "max_ms", "N={medium}, {rate:g} ev/s: latency max (ms)", "{:.1f}"),
-    ("latency", "cpu_us_per_delivery", "N={medium}, {rate:g} ev/s: CPU per delivery (us)", "{:.1f}"),
+    (
+        "latency",
+        "cpu_us_per_delivery",
+        "N={medium}, {rate:g} ev/s: CPU per delivery (us)",
+        "{:.1f}",
+    ),
     ("light latency", "p50_ms", "N={light}, {rate:g} ev/s: latency p50 (ms)", "{:.1f}"),
     ("light latency", "p99_ms", "N={light}, {rate:g} ev/s: latency p99 (ms)", "{:.1f}"),
     ("light saturation", "deliveries_per_s", "N={light}: deliveries/s at saturation", "{:,.0f}"),
-    ("idle then burst", "rss_kb_per_stream", "N={large}: server RSS per open stream (KB)", "{:.1f}"),
+    (
+        "idle then burst",
+        "rss_kb_per_stream",
+        "N={large}: server RSS per open stream (KB)",
+        "{:.1f}",
+    ),
     ("idle then burst", "redis_connections", "N={large}: Redis connections held", "{:.0f}"),
     ("idle then burst", "reach_all_ms", "N={large}: one event reaches all (ms)", "{:.0f}"),
     ("idle then burst", "deliveries_per_s", "N={large}: burst deliveries/s", "{:,.0f}"),
@@ -408,7 +470,12 @@ def median_of(runs: list[dict[str, Any]], scenario: str, key: str) -> float | No
 
 
 def report(runs: dict[str, list[dict[str, Any]]], plan: Plan) -> str:
-    sizes = {"medium": plan.medium, "light": plan.light, "large": plan.large, "rate": plan.latency_rate}
+    sizes = {
+        "medium": plan.medium,
+        "light": plan.light,
+        "large": plan.large,
+        "rate": plan.latency_rate,
+    }
     header = ["figure", *SERVERS, "ours / flask-sse", "ours / ceiling"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for scenario, key, label, style in ROWS:
@@ -428,7 +495,9 @@ def report(runs: dict[str, list[dict[str, Any]]], plan: Plan) -> str:
         if key in LOSS_KEYS and value
     ]
     lines.append("")
-    lines.append("Lost, duplicated or out-of-order events: " + ("; ".join(problems) or "none in any run"))
+    lines.append(
+        "Lost, duplicated or out-of-order events: " + ("; ".join(problems) or "none in any run")
+    )
     return "\n".join(lines)
 
 
@@ -456,12 +525,24 @@ def plot(runs: dict[str, list[dict[str, Any]]], plan: Plan, path: Path) -> None:
             median_of(runs[name], "latency", "p99_ms"),
             median_of(runs[name], "idle then burst", "reach_all_ms"),
         ]
-        points = [(size, delay) for size, delay in zip(sizes, delays, strict=True) if delay is not None]
+        points = [
+            (size, delay) for size, delay in zip(sizes, delays, strict=True) if delay is not None
+        ]
         latency_axis.plot(*zip(*points, strict=True), marker="o", label=name)
-    throughput.set(xscale="log", yscale="log", xlabel="open streams (N)", ylabel="deliveries / s",
-                   title="Throughput, one gevent worker")
-    latency_axis.set(xscale="log", yscale="log", xlabel="open streams (N)", ylabel="ms",
-                     title=f"Latency: p99 at {plan.latency_rate:g} ev/s; last delivery at N={plan.large:,}")
+    throughput.set(
+        xscale="log",
+        yscale="log",
+        xlabel="open streams (N)",
+        ylabel="deliveries / s",
+        title="Throughput, one gevent worker",
+    )
+    latency_axis.set(
+        xscale="log",
+        yscale="log",
+        xlabel="open streams (N)",
+        ylabel="ms",
+        title=f"Latency: p99 at {plan.latency_rate:g} ev/s; last delivery at N={plan.large:,}",
+    )
     for axis in (throughput, latency_axis):
         axis.grid(True, which="both", alpha=0.3)
         axis.legend()
@@ -477,8 +558,17 @@ async def main_async(arguments: argparse.Namespace) -> None:
         raise SystemExit("redis-server is not installed (Debian: apt-get install redis-server)")
     redis_port = free_port()
     redis_process = subprocess.Popen(
-        [redis_binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no"],
+        [
+            redis_binary,
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
         stdout=subprocess.DEVNULL,
     )
     redis_url = f"redis://127.0.0.1:{redis_port}/0"

@@ -182,6 +182,8 @@ class DirectWriter:
         return cls(subscription, fd, history, positions, keepalive, deadline)
 
     def __call__(self, delivery: Delivery) -> bool:
+        if self.remainder or self.broken:
+            return False  # queued behind what the stream's greenlet has yet to send
         position = delivery.position
         if self._history:
             if position is None:
