@@ -1,0 +1,104 @@
+"""Property tests of the wire form: whatever goes in, a browser reads one event back.
+
+Every case is parsed with the WHATWG algorithm (``tests/sse_client.py``) and
+must give exactly one event with the data, type and id that went in, after
+the documented normalisation (CR and CRLF in data become LF, lone surrogates
+become U+FFFD), and never a field or an event more.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flask_sse import Message
+
+from .sse_client import parse
+
+EXAMPLES = settings(max_examples=2000, deadline=None)
+
+#: Any code point, lone surrogates included; biased towards the troublemakers.
+nasty = st.sampled_from(["\r", "\n", "\r\n", "\x00", " ", ":", "\u2028", "\u0085", "\ufeff", "\ud800", "é", "✓"])
+any_text = st.lists(st.one_of(st.characters(exclude_categories=[]), nasty), max_size=40).map("".join)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | any_text,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(any_text, children, max_size=4),
+    max_leaves=12,
+)
+FIELD_LINE = re.compile(r"(event|data|id|retry):.*|")
+
+
+def wire_text(value: str) -> str:
+    """What a value becomes on the wire: lone surrogates replaced."""
+    return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def read_back(message: Message) -> Any:
+    text = message.encode().decode("utf-8")
+    assert all(FIELD_LINE.fullmatch(line) for line in text.split("\n")), text
+    return parse(text)
+
+
+@EXAMPLES
+@given(data=st.one_of(any_text, json_values), type=any_text, id=st.one_of(any_text, st.integers()),
+       retry=st.one_of(st.none(), st.integers(min_value=0)))
+def test_one_event_out_with_what_went_in(data: Any, type: str, id: str | int, retry: int | None) -> None:
+    breaks_a_field = any(char in f"{type}{id}" for char in "\r\n\x00")
+    if breaks_a_field:
+        with pytest.raises(ValueError, match="must not contain CR, LF or NUL"):
+            Message(data, type=type, id=id, retry=retry)
+        return
+    parser = read_back(Message(data, type=type, id=id, retry=retry))
+    (event,) = parser.events
+    text = data if isinstance(data, str) else json.dumps(data)
+    assert event.data == wire_text(text.replace("\r\n", "\n").replace("\r", "\n"))
+    assert event.type == (wire_text(type) or "message")
+    assert event.last_event_id == wire_text(str(id))
+    assert parser.retry == retry
+    assert parser.comments == []
+
+
+@EXAMPLES
+@given(payload=st.one_of(
+    json_values.map(json.dumps),
+    st.dictionaries(st.sampled_from(["data", "type", "id", "retry", "other"]), json_values).map(json.dumps),
+    st.tuples(json_values, json_values).map(lambda pair: json.dumps(list(pair))),
+    st.binary(max_size=64),
+    any_text.map(lambda text: text.encode("utf-8", "surrogatepass")),
+))
+def test_payloads_from_other_publishers_are_sanitised_or_skipped(payload: str | bytes) -> None:
+    message = Message.from_payload(payload)
+    if message is None:
+        return
+    parser = read_back(message)
+    assert len(parser.events) == 1
+    assert parser.comments == []
+
+
+def test_a_huge_payload_is_one_event() -> None:
+    data = "x" * 5_000_000 + "\r\n" + "y" * 1000
+    message = Message.from_payload(json.dumps({"data": data, "type": "big\n", "id": "\x00" * 1000}))
+    assert message is not None
+    (event,) = read_back(message).events
+    assert (len(event.data), event.type, event.last_event_id) == (5_001_001, "big", "")
+
+
+@pytest.mark.parametrize(
+    ("stream", "expected"),
+    [
+        ("\ufeffdata:a\n\n", [("a", "message", "")]),
+        ("data: a\r\rdata:b\r\n\r\n", [("a", "message", ""), ("b", "message", "")]),
+        (":comment\nevent:x\ndata\n\n", [("", "x", "")]),
+        ("id:1\x002\ndata:a\n\n", [("a", "message", "")]),
+        ("retry:12x\nid:7\ndata:a\ndata:b\n\n", [("a\nb", "message", "7")]),
+        ("data:a\n", []),
+    ],
+)
+def test_the_reference_parser(stream: str, expected: list[tuple[str, str, str]]) -> None:
+    parser = parse(stream)
+    assert [(event.data, event.type, event.last_event_id) for event in parser.events] == expected
