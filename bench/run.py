@@ -510,40 +510,34 @@ def plot(runs: dict[str, list[dict[str, Any]]], plan: Plan, path: Path) -> None:
     except ImportError:
         print("matplotlib is not installed: no plot (pip install -e '.[bench]')")
         return
-    figure, (throughput, latency_axis) = pyplot.subplots(1, 2, figsize=(11, 4.2))
+    figure, axes = pyplot.subplots(1, 2, figsize=(11, 4.2))
     sizes = [plan.light, plan.medium, plan.large]
-    for name in SERVERS:
-        rates = [
-            median_of(runs[name], "light saturation", "deliveries_per_s"),
-            median_of(runs[name], "saturation", "deliveries_per_s"),
-            median_of(runs[name], "idle then burst", "deliveries_per_s"),
-        ]
-        points = [(size, rate) for size, rate in zip(sizes, rates, strict=True) if rate is not None]
-        throughput.plot(*zip(*points, strict=True), marker="o", label=name)
-        delays = [
-            median_of(runs[name], "light latency", "p99_ms"),
-            median_of(runs[name], "latency", "p99_ms"),
-            median_of(runs[name], "idle then burst", "reach_all_ms"),
-        ]
-        points = [
-            (size, delay) for size, delay in zip(sizes, delays, strict=True) if delay is not None
-        ]
-        latency_axis.plot(*zip(*points, strict=True), marker="o", label=name)
-    throughput.set(
-        xscale="log",
-        yscale="log",
-        xlabel="open streams (N)",
-        ylabel="deliveries / s",
-        title="Throughput, one gevent worker",
-    )
-    latency_axis.set(
-        xscale="log",
-        yscale="log",
-        xlabel="open streams (N)",
-        ylabel="ms",
-        title=f"Latency: p99 at {plan.latency_rate:g} ev/s; last delivery at N={plan.large:,}",
-    )
-    for axis in (throughput, latency_axis):
+    panels = [  # per panel: the (scenario, figure) plotted at each size, and the labels
+        (
+            [
+                ("light saturation", "deliveries_per_s"),
+                ("saturation", "deliveries_per_s"),
+                ("idle then burst", "deliveries_per_s"),
+            ],
+            "deliveries / s",
+            "Throughput, one gevent worker",
+        ),
+        (
+            [
+                ("light latency", "p99_ms"),
+                ("latency", "p99_ms"),
+                ("idle then burst", "reach_all_ms"),
+            ],
+            "ms",
+            f"Latency: p99 at {plan.latency_rate:g} ev/s; last delivery at N={plan.large:,}",
+        ),
+    ]
+    for axis, (series, unit, title) in zip(axes, panels, strict=True):
+        for name in SERVERS:
+            values = [median_of(runs[name], scenario, key) for scenario, key in series]
+            points = [(n, v) for n, v in zip(sizes, values, strict=True) if v is not None]
+            axis.plot(*zip(*points, strict=True), marker="o", label=name)
+        axis.set(xscale="log", yscale="log", xlabel="open streams (N)", ylabel=unit, title=title)
         axis.grid(True, which="both", alpha=0.3)
         axis.legend()
     figure.tight_layout()

@@ -8,6 +8,7 @@ is a button with no password: it only shows where real access control goes.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -18,7 +19,8 @@ from flask.typing import ResponseReturnValue
 from flask_sse import ServerSentEventsBlueprint, send_event
 
 #: Every channel the page knows; each event's type is its channel's name.
-CHANNELS = ("news", "staff")
+#: "me" is the visitor's own private channel: only their page can open it.
+CHANNELS = ("news", "staff", "me")
 #: Channels only a staff session may open or publish to.
 STAFF_CHANNELS = frozenset({"staff"})
 #: Longest text accepted from the form.
@@ -34,6 +36,13 @@ events = ServerSentEventsBlueprint("sse", __name__)
 def is_staff() -> bool:
     """Whether this visitor pressed "Sign in as staff" (demo only)."""
     return bool(session.get("staff"))
+
+
+def own_channel() -> str:
+    """This visitor's private channel: its name starts with SSE_PRIVATE_PREFIX."""
+    if "visitor" not in session:
+        session["visitor"] = secrets.token_hex(8)
+    return f"private-{session['visitor']}"
 
 
 def error(status: int, message: str) -> ResponseReturnValue:
@@ -69,7 +78,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             "index.html",
             staff=staff,
             channels=CHANNELS,
-            stream_url=url_for("sse.stream", channel=["news", "staff"] if staff else ["news"]),
+            # a signed token in the URL opens the private channel, for this page only
+            stream_url=events.stream_url("news", own_channel(), *(["staff"] if staff else [])),
             memory_broker=app.config["SSE_REDIS_URL"].startswith("memory://"),
         )
 
@@ -88,7 +98,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         if not text or len(text) > MAX_TEXT:
             return error(400, f"The text must be 1 to {MAX_TEXT} characters long.")
         at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        send_event(channel, {"text": text, "at": at}, channel=channel)
+        target = own_channel() if channel == "me" else channel
+        send_event(channel, {"text": text, "at": at}, channel=target)
         if request.is_json:
             return "", 204
         return redirect(url_for("index"), 303)

@@ -7,15 +7,19 @@ read and validated then, and the app's state is kept in
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
+from urllib.parse import parse_qsl
 
-from flask import Blueprint, Response, current_app, has_app_context, jsonify, request
+from flask import Blueprint, Response, current_app, has_app_context, jsonify, request, url_for
 from flask.blueprints import BlueprintSetupState
 
+from . import access
 from .broker import history_for, hub_for
 from .config import SSEConfig, channel_problem, load_config
+from .history import Position
 from .hub import HubUnavailable
 from .message import EventId
 from .publisher import Publisher
@@ -23,6 +27,9 @@ from .stream import event_stream, hang_up, parse_last_event_id
 
 #: Seconds a client is asked to wait after a 503.
 RETRY_AFTER_SECONDS = 5
+#: Longest query string a stream request may have (16 channels of 200
+#: characters and a token for them fit well within it).
+MAX_QUERY_STRING = 32768
 
 
 @dataclass(frozen=True)
@@ -69,31 +76,45 @@ class ServerSentEventsBlueprint(Blueprint):
         publisher = _app_state("sse.publish").publisher
         return publisher.publish(data, type=type, id=id, retry=retry, channel=channel)
 
+    def token_for(self, channels: str | Iterable[str], expires_in: float = 3600) -> str:
+        """A signed token that opens ``channels`` (private ones) for ``expires_in`` seconds.
+
+        Pass it as the stream's ``token`` parameter, or use :meth:`stream_url`.
+        Signed with ``SECRET_KEY``; valid on every SSE blueprint of the app.
+        """
+        _app_state("sse.token_for")
+        names = [channels] if isinstance(channels, str) else list(channels)
+        for name in names:
+            problem = channel_problem(name)
+            if problem:
+                raise ValueError(f"Cannot make a token: {problem}.")
+        return access.mint(current_app.config.get("SECRET_KEY"), names, expires_in)
+
+    def stream_url(self, *channels: str, expires_in: float = 3600, **values: Any) -> str:
+        """The stream's URL for ``channels``, with a token when any of them is private."""
+        config = _app_state("sse.stream_url").config
+        private = [name for name in channels if name.startswith(config.private_prefix)]
+        if private:
+            values["token"] = self.token_for(private, expires_in)
+        return url_for(f"{self.name}.stream", channel=list(channels) or None, **values)
+
     def stream(self) -> Any:
         """``GET ?channel=a&channel=b``: the event stream of those channels."""
         config = _app_state("the stream view").config
-        channels = tuple(dict.fromkeys(request.args.getlist("channel"))) or (
-            config.default_channel,
-        )
-        problem = _channels_problem(channels, config.max_channels)
-        if problem:
-            return jsonify(error=problem), 400
-        resume = None
-        last_event_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId")
-        if last_event_id and config.history:
-            try:
-                resume = parse_last_event_id(last_event_id, channels)
-            except ValueError as error:
-                return jsonify(error=str(error)), 400
+        try:
+            channels, resume = _read_request(config)
+        except _Refused as refused:
+            return jsonify(error=str(refused)), refused.status
         hub = hub_for(config.redis_url)
+        if config.max_connections and hub.streams >= config.max_connections:
+            return _unavailable(
+                f"This server holds its limit of {config.max_connections} streams "
+                "(SSE_MAX_CONNECTIONS)."
+            )
         try:
             subscription = hub.subscribe(channels, config.queue_size)
         except HubUnavailable as error:
-            return (
-                jsonify(error=f"The event broker is unavailable: {error}."),
-                503,
-                {"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
+            return _unavailable(f"The event broker is unavailable: {error}.")
         client = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
         if client is not None:
             subscription.on_overflow = partial(hang_up, client)
@@ -158,6 +179,48 @@ def _app_state(caller: str) -> SSEState:
             "registered on the app: app.register_blueprint(sse, url_prefix='/stream')."
         )
     return state
+
+
+class _Refused(Exception):
+    """A stream request answered with ``status`` and this message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _read_request(config: SSEConfig) -> tuple[tuple[str, ...], dict[str, Position] | None]:
+    """The channels and resume positions a stream request asks for, checked."""
+    args = request.args
+    if len(request.query_string) > MAX_QUERY_STRING:
+        raise _Refused(400, f"The query string is longer than {MAX_QUERY_STRING} bytes.")
+    try:  # Werkzeug would quietly turn bad bytes into U+FFFD
+        parse_qsl(request.query_string.decode("latin-1"), errors="strict")
+    except UnicodeDecodeError:
+        raise _Refused(400, "The query string is not valid UTF-8 once decoded.") from None
+    for name in ("token", "lastEventId"):
+        if len(args.getlist(name)) > 1:
+            raise _Refused(400, f"Give {name!r} once, not {len(args.getlist(name))} times.")
+    channels = tuple(dict.fromkeys(args.getlist("channel"))) or (config.default_channel,)
+    problem = _channels_problem(channels, config.max_channels)
+    if problem:
+        raise _Refused(400, problem)
+    private = [name for name in channels if name.startswith(config.private_prefix)]
+    try:
+        access.check(current_app.config.get("SECRET_KEY"), args.get("token"), private)
+    except access.AccessDenied as denied:
+        raise _Refused(403, str(denied)) from None
+    last_event_id = request.headers.get("Last-Event-ID") or args.get("lastEventId")
+    if not last_event_id or not config.history:
+        return channels, None
+    try:
+        return channels, parse_last_event_id(last_event_id, channels)
+    except ValueError as error:
+        raise _Refused(400, str(error)) from None
+
+
+def _unavailable(message: str) -> Any:
+    return jsonify(error=message), 503, {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 def _is_chunked(environ: dict[str, Any]) -> bool:

@@ -32,6 +32,11 @@ DEFAULTS: dict[str, Any] = {
     #: Seconds after which a stream ends cleanly and the browser reconnects
     #: and resumes (behind load balancers, for rolling deploys); 0: never.
     "SSE_MAX_AGE": 0,
+    #: Channels whose names start with this are private: streamed only with
+    #: a token from ``sse.token_for()`` that names them.
+    "SSE_PRIVATE_PREFIX": "private-",
+    #: Open streams one process serves before answering 503 (0: no limit).
+    "SSE_MAX_CONNECTIONS": 0,
 }
 
 #: Longest channel name a client may ask for.
@@ -53,6 +58,8 @@ class SSEConfig:
     max_channels: int
     default_channel: str
     max_age: float
+    private_prefix: str
+    max_connections: int
 
 
 def load_config(app: App) -> SSEConfig:
@@ -75,6 +82,8 @@ def load_config(app: App) -> SSEConfig:
         max_channels=_integer(config, "SSE_MAX_CHANNELS", minimum=1),
         default_channel=default_channel,
         max_age=_number(config, "SSE_MAX_AGE", minimum=0),
+        private_prefix=_prefix(config, "SSE_PRIVATE_PREFIX"),
+        max_connections=_integer(config, "SSE_MAX_CONNECTIONS", minimum=0),
     )
 
 
@@ -120,6 +129,16 @@ def check_redis_url(url: object) -> None:
             f"got {url!r}: for example app.config['SSE_REDIS_URL'] = "
             "'redis://localhost:6379/0', or 'memory://' for the embedded broker."
         )
+
+
+def _prefix(config: Any, key: str) -> str:
+    value = config[key]
+    if not isinstance(value, str) or not value or channel_problem(value):
+        raise ValueError(
+            f"{key} must be a non-empty str usable in channel names, got {value!r}: "
+            f"for example app.config[{key!r}] = {DEFAULTS[key]!r}."
+        )
+    return value
 
 
 def _number(config: Any, key: str, *, minimum: float) -> float:

@@ -204,6 +204,7 @@ class Hub:
         self._connection: Any = None
         self._attempts = 0
         self._started = False
+        self._jitter = random.Random()  # its own: never disturbs the app's random state
         self._channels: dict[str, _Channel] = {}
         #: every subscription, for the maintenance thread's wake-ups
         self._subscriptions: dict[Subscription, None] = {}
@@ -273,6 +274,11 @@ class Hub:
                 positions[name] = last if last is not None else ORIGIN
         return positions
 
+    @property
+    def streams(self) -> int:
+        """How many streams this process serves from this hub."""
+        return len(self._subscriptions)
+
     def local_subscribers(self, channel: str) -> int:
         """How many clients of this process are subscribed to ``channel``."""
         state = self._channels.get(channel)
@@ -323,7 +329,7 @@ class Hub:
                     self._attempts += 1
                     self._attempt_finished.notify_all()
                 logger.warning("Cannot reach Redis for pub/sub (%s); retrying", error)
-                time.sleep(backoff * random.uniform(0.5, 1.0))
+                time.sleep(backoff * self._jitter.uniform(0.5, 1.0))
                 backoff = min(backoff * 2, BACKOFF_CAP)
                 continue
             backoff = BACKOFF_FIRST

@@ -97,7 +97,8 @@ def event_stream(
         except redis.RedisError as error:
             logger.warning("Cannot read history to resume a stream (%s); ending it", error)
             return
-        yield _render(backlog, channels, positions)
+        if backlog:
+            yield _render(backlog, channels, positions)
     keepalive = config.keepalive
     deadline = time.monotonic() + config.max_age if config.max_age else math.inf
     subscription.due = min(time.monotonic() + keepalive, deadline)
@@ -120,14 +121,14 @@ def event_stream(
                     chunk = _render(deliveries, channels, positions)
                     if chunk:
                         yield chunk
-            elif now >= deadline:
-                return
-            elif now >= subscription.due:
+            elif now < subscription.due:
+                continue  # woken early: the hub wrote directly meanwhile
+            if now >= deadline:
+                return  # also on a busy stream; what is queued resumes from history
+            if not deliveries:
                 if client is not None and _client_gone(client):
                     return
                 yield KEEPALIVE
-            else:
-                continue  # woken early: the hub wrote directly meanwhile
             subscription.due = min(time.monotonic() + keepalive, deadline)
     finally:
         subscription.fast_write = None

@@ -11,6 +11,7 @@ import json
 import os
 
 from flask import Flask, abort, request
+from flask_cors import CORS
 
 from flask_sse import ServerSentEventsBlueprint, send_event, sse
 from flask_sse.broker import hub_for
@@ -27,7 +28,11 @@ def refuse_secret_channel() -> None:
 
 def create_app() -> Flask:
     app = Flask(__name__)
+    app.config["SECRET_KEY"] = "a secret for the tests only"
     app.config.update(json.loads(os.environ["SSE_TEST_SETTINGS"]))
+    cors_origin = app.config.pop("TEST_CORS_ORIGIN", None)
+    if cors_origin:
+        CORS(app, origins=[cors_origin], supports_credentials=True)
     app.register_blueprint(sse, url_prefix="/stream")
     app.register_blueprint(private, url_prefix="/private")
 
@@ -49,6 +54,12 @@ def create_app() -> Flask:
     @app.get("/subscribers/<channel>")
     def subscribers(channel: str) -> dict[str, int]:
         return {"count": hub_for(app.config["SSE_REDIS_URL"]).local_subscribers(channel)}
+
+    @app.get("/stream_url")
+    def stream_url() -> dict[str, str]:
+        """``sse.stream_url()``: the URL (with a token for private channels)."""
+        expires_in = float(request.args.get("expires_in", 3600))
+        return {"url": sse.stream_url(*request.args.getlist("channel"), expires_in=expires_in)}
 
     @app.get("/pid")
     def pid() -> dict[str, int]:

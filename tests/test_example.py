@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import html
+import re
+
 import pytest
 from flask import Flask
 
@@ -13,10 +16,17 @@ def example(memory_url: str) -> Flask:
     return create_app({"TESTING": True, "SSE_REDIS_URL": memory_url, "SSE_KEEPALIVE": 0.2})
 
 
+def stream_url(page: str) -> str:
+    match = re.search(r'data-stream="([^"]+)"', page)
+    assert match is not None
+    return html.unescape(match[1])
+
+
 def test_page_streams_news_and_hides_staff_until_signed_in(example: Flask) -> None:
     client = example.test_client()
-    page = client.get("/").get_data(as_text=True)
-    assert 'data-stream="/stream?channel=news"' in page
+    url = stream_url(client.get("/").get_data(as_text=True))
+    assert url.startswith("/stream?channel=news&channel=private-") and "&token=" in url
+    assert "staff" not in url
     assert client.get("/stream?channel=news&channel=staff").status_code == 403
     assert client.post("/publish", json={"channel": "staff", "text": "x"}).status_code == 403
     client.post("/login")
@@ -34,6 +44,24 @@ def test_the_form_publishes_to_open_streams(example: Flask) -> None:
     assert client.post("/publish", data={"channel": "news", "text": "hello"}).status_code == 303
     chunk = next(chunks).decode()
     assert chunk.startswith("event:news\ndata:{") and '"text": "hello"' in chunk
+    stream.close()
+
+
+def test_each_visitor_has_a_private_channel_only_their_page_opens(example: Flask) -> None:
+    ann, bob = example.test_client(), example.test_client()
+    ann_url = stream_url(ann.get("/").get_data(as_text=True))
+    bob_url = stream_url(bob.get("/").get_data(as_text=True))
+    ann_channel = re.search(r"channel=(private-\w+)", ann_url)[1]  # type: ignore[index]
+    assert ann_channel not in bob_url
+    stolen = bob_url.replace(re.search(r"channel=(private-\w+)", bob_url)[1], ann_channel)  # type: ignore[index]
+    assert bob.get(stolen).status_code == 403
+    stream = ann.get(ann_url, buffered=False)
+    chunks = iter(stream.response)
+    next(chunks)
+    assert bob.post("/publish", json={"channel": "me", "text": "to bob"}).status_code == 204
+    assert ann.post("/publish", json={"channel": "me", "text": "to ann"}).status_code == 204
+    chunk = next(chunks).decode()
+    assert chunk.startswith("event:me\n") and "to ann" in chunk and "to bob" not in chunk
     stream.close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import struct
@@ -234,3 +235,63 @@ def test_the_example_app_under_several_gevent_workers(gunicorn: Start, redis_url
     finally:
         for stream in streams:
             stream.close()
+
+
+def test_private_channels_through_a_real_server(gunicorn: Start, redis_url: str, redis_server: RedisServer) -> None:
+    server = gunicorn(redis_url)
+
+    def url_for(*channels: str, expires_in: float = 3600) -> str:
+        query = "&".join(f"channel={channel}" for channel in channels)
+        status, body = server.request("GET", f"/stream_url?{query}&expires_in={expires_in}")
+        assert status == 200
+        return str(body["url"])
+
+    good = url_for("news", "private-ann")
+    assert "token=" in good
+    with StreamClient(server.port, good) as stream, redis_server.client() as outside:
+        assert stream.status == 200
+        outside.publish("private-ann", '{"data": "for ann only"}')
+        assert stream.next_event().data == "for ann only"
+    bob = url_for("private-bob")
+    refusals = {
+        "/stream?channel=private-ann": "is private",
+        url_for("private-ann", expires_in=0.001): "has expired",
+        bob.replace("private-bob", "private-ann"): "does not open channel 'private-ann'",
+        good[:-3] + "abc": "altered or signed with another key",
+    }
+    for url, error in refusals.items():
+        with StreamClient(server.port, url) as refused:
+            assert refused.status == 403, url
+            assert error in json.loads(refused.body())["error"]
+
+
+def test_limits_and_hostile_requests_through_a_real_server(gunicorn: Start, redis_url: str) -> None:
+    server = gunicorn(redis_url, SSE_MAX_CONNECTIONS=3)
+    for path, headers, status, error in [
+        ("/stream?token=a&token=b", {}, 400, b"Give 'token' once"),
+        ("/stream?channel=%FF", {}, 400, b"not valid UTF-8"),
+        ("/stream", {"Last-Event-ID": "1-0," * 2000}, 400, b"longer than any id"),
+        ("/stream?channel=" + "x" * 5000, {}, 414, b"Request Line is too large"),  # gunicorn's limit
+    ]:
+        with StreamClient(server.port, path, headers) as refused:
+            assert refused.status == status, path[:60]
+            assert error in refused.body()
+    streams = [open_stream(server, "channel=full") for _ in range(3)]
+    with StreamClient(server.port, "/stream?channel=full") as refused:
+        assert refused.status == 503
+        assert refused.headers["Retry-After"] == "5"
+        assert b"SSE_MAX_CONNECTIONS" in refused.body()
+    for stream in streams:
+        stream.close()
+
+
+def test_cross_origin_event_source_with_credentials(gunicorn: Start, redis_url: str) -> None:
+    server = gunicorn(redis_url, TEST_CORS_ORIGIN="http://app.example")
+    headers = {"Origin": "http://app.example", "Cookie": "session=1"}
+    with StreamClient(server.port, "/stream?channel=cors", headers) as stream:
+        assert stream.status == 200
+        assert stream.headers["Access-Control-Allow-Origin"] == "http://app.example"
+        assert stream.headers["Access-Control-Allow-Credentials"] == "true"
+        assert stream.read_line() == "retry:3000\n"
+    with StreamClient(server.port, "/stream?channel=cors", {"Origin": "http://evil.example"}) as other:
+        assert "Access-Control-Allow-Origin" not in other.headers

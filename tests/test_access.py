@@ -1,0 +1,141 @@
+"""Private channels, limits and hostile requests, on the embedded broker."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from itsdangerous import URLSafeSerializer
+
+from flask_sse import ServerSentEventsBlueprint, sse
+from flask_sse.access import SALT
+
+SECRET = "test secret"
+
+
+@pytest.fixture
+def private_app(memory_url: str) -> Flask:
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY=SECRET, SSE_REDIS_URL=memory_url, SSE_KEEPALIVE=0.2)
+    app.register_blueprint(sse, url_prefix="/stream")
+    return app
+
+
+def status_and_error(client: FlaskClient, url: str, **kwargs: object) -> tuple[int, str]:
+    response = client.get(url, buffered=False, **kwargs)  # type: ignore[arg-type]
+    error = response.get_json()["error"] if response.is_json else ""
+    response.close()
+    return response.status_code, error
+
+
+def token(channels: list[str], expires: float, secret: str = SECRET) -> str:
+    return URLSafeSerializer(secret, salt=SALT).dumps({"c": channels, "e": int(expires)})
+
+
+def test_a_token_opens_the_private_channels_it_names(private_app: Flask) -> None:
+    with private_app.test_request_context():
+        url = sse.stream_url("news", "private-ann")
+        assert parse_qs(urlsplit(url).query)["channel"] == ["news", "private-ann"]
+        assert sse.stream_url("news") == "/stream?channel=news"
+    client = private_app.test_client()
+    assert status_and_error(client, url) == (200, "")
+
+
+@pytest.mark.parametrize(
+    ("query", "error"),
+    [
+        ("channel=private-ann", "Channel 'private-ann' is private: open it with a token"),
+        (f"channel=private-ann&token={token(['private-ann'], time.time() - 1)}", "The token has expired"),
+        (f"channel=private-ann&token={token(['private-bob'], time.time() + 60)}", "does not open channel 'private-ann'"),
+        (f"channel=private-ann&token={token(['private-ann'], time.time() + 60, 'other key')}", "altered or signed with another key"),
+        (f"channel=private-ann&token={token(['private-ann'], time.time() + 60)[:-2]}xx", "altered or signed with another key"),
+        ("channel=private-ann&token=", "is private"),
+        ("channel=private-ann&token=garbage", "not valid"),
+    ],
+)
+def test_no_stream_without_a_valid_token(private_app: Flask, query: str, error: str) -> None:
+    status, message = status_and_error(private_app.test_client(), f"/stream?{query}")
+    assert status == 403
+    assert error in message
+
+
+def test_tokens_serve_every_sse_blueprint_of_the_app(private_app: Flask) -> None:
+    events = ServerSentEventsBlueprint("events", __name__)
+    private_app.register_blueprint(events, url_prefix="/events")
+    with private_app.test_request_context():
+        url = events.stream_url("private-x", expires_in=60)
+        assert url.startswith("/events?channel=private-x&token=")
+        shared = sse.token_for("private-x")
+    client = private_app.test_client()
+    assert status_and_error(client, url)[0] == 200
+    assert status_and_error(client, f"/events?channel=private-x&token={shared}")[0] == 200
+
+
+def test_without_a_secret_key_tokens_cannot_be_made(memory_url: str) -> None:
+    app = Flask(__name__)
+    app.config.update(SSE_REDIS_URL=memory_url)
+    app.register_blueprint(sse, url_prefix="/stream")
+    with app.app_context(), pytest.raises(RuntimeError, match=r"need app.config\['SECRET_KEY'\]"):
+        sse.token_for("private-a")
+    status, error = status_and_error(app.test_client(), f"/stream?channel=private-a&token={token(['private-a'], time.time() + 60)}")
+    assert (status, error) == (403, "Private channels are not set up on this server.")
+
+
+def test_token_for_checks_its_arguments(private_app: Flask) -> None:
+    with private_app.app_context():
+        with pytest.raises(ValueError, match="must not be empty"):
+            sse.token_for([""])
+        with pytest.raises(ValueError, match="at least one channel"):
+            sse.token_for([])
+        with pytest.raises(ValueError, match="expires_in must be a positive"):
+            sse.token_for("private-a", expires_in=0)
+
+
+def test_the_connection_limit_answers_503(memory_url: str) -> None:
+    app = Flask(__name__)
+    app.config.update(SSE_REDIS_URL=memory_url, SSE_MAX_CONNECTIONS=2, SSE_KEEPALIVE=0.2)
+    app.register_blueprint(sse, url_prefix="/stream")
+    client = app.test_client()
+    open_streams = [client.get("/stream", buffered=False) for _ in range(2)]
+    refused = client.get("/stream")
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"] == "5"
+    assert "limit of 2 streams (SSE_MAX_CONNECTIONS)" in refused.get_json()["error"]
+    open_streams[0].close()
+    assert status_and_error(client, "/stream")[0] == 200
+    open_streams[1].close()
+
+
+@pytest.mark.parametrize(
+    ("url", "headers", "error"),
+    [
+        ("/stream?channel=" + "a" * 40_000, {}, "query string is longer than 32768 bytes"),
+        ("/stream?token=a&token=b", {}, "Give 'token' once, not 2 times"),
+        ("/stream?lastEventId=1-0&lastEventId=2-0", {}, "Give 'lastEventId' once"),
+        ("/stream", {"Last-Event-ID": "9" * 100_000}, "longer than any id this stream sends"),
+        ("/stream?channel=%FF%FE", {}, "not valid UTF-8"),
+        ("/stream?channel=%ED%A0%80", {}, "not valid UTF-8"),
+        ("/stream?channel=a%0D%0Aevent:x", {}, "control characters"),
+        ("/stream?" + "&".join(["channel=x"] * 3000), {}, None),
+    ],
+)
+def test_hostile_requests_get_a_clear_400(
+    private_app: Flask, url: str, headers: dict[str, str], error: str | None
+) -> None:
+    status, message = status_and_error(private_app.test_client(), url, headers=headers)
+    if error is None:  # 3,000 copies of one channel: one channel, a normal stream
+        assert status == 200
+        return
+    assert status == 400
+    assert error in message
+
+
+@pytest.mark.parametrize(("key", "value"), [("SSE_PRIVATE_PREFIX", ""), ("SSE_MAX_CONNECTIONS", -1)])
+def test_bad_limits_fail_at_registration(memory_url: str, key: str, value: object) -> None:
+    app = Flask(__name__)
+    app.config.update({"SSE_REDIS_URL": memory_url, key: value})
+    with pytest.raises(ValueError, match=key):
+        app.register_blueprint(sse, url_prefix="/stream")

@@ -1,0 +1,32 @@
+"""The benchmark harness still runs: a tiny smoke run against this project and the ceiling."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, _need
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_quick_benchmark_run_counts_every_delivery(tmp_path: Path) -> None:
+    _need("redis-server")
+    output = tmp_path / "results"
+    subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--repeat", "1", "--servers", "ours", "ceiling",
+         "--output", str(output)],
+        cwd=ROOT, check=True, timeout=300, capture_output=True,
+    )
+    results = json.loads(output.with_suffix(".json").read_text())
+    for name in ("ours", "ceiling"):
+        (run,) = results["runs"][name]
+        for scenario, figures in run.items():
+            assert figures["lost"] == figures["duplicated"] == figures["out_of_order"] == 0, scenario
+        assert run["saturation"]["deliveries_per_s"] > 0
+        assert run["idle then burst"]["redis_connections"] <= 3
+    assert "| N=50: deliveries/s at saturation |" in results["table"]
