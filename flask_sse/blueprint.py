@@ -16,11 +16,11 @@ from urllib.parse import parse_qsl
 from flask import Blueprint, Response, current_app, has_app_context, jsonify, request, url_for
 from flask.blueprints import BlueprintSetupState
 
-from . import access
-from .broker import history_for, hub_for
+from . import access, presence, signals
+from .broker import history_for, hub_for, redis_client
 from .config import SSEConfig, channel_problem, load_config
 from .history import Position
-from .hub import HubUnavailable
+from .hub import Hub, HubUnavailable, Subscription
 from .message import EventId
 from .publisher import Publisher
 from .stream import event_stream, hang_up, parse_last_event_id
@@ -132,8 +132,21 @@ class ServerSentEventsBlueprint(Blueprint):
             content_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-        response.call_on_close(partial(hub.unsubscribe, subscription))
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        response.call_on_close(partial(_closed, app, hub, subscription))
+        signals.stream_opened.send(app, channels=channels)
+        for channel in subscription.occupied:
+            signals.channel_occupied.send(app, channel=channel)
         return response
+
+    def subscriber_count(self, channel: str) -> int:
+        """Open streams of ``channel`` across every worker and machine.
+
+        Each worker reports its counts within about a second of a change, so
+        the figure trails by that much (see ``flask_sse/presence.py``).
+        """
+        redis_url = _app_state("sse.subscriber_count").config.redis_url
+        return presence.count(redis_client(redis_url), channel)
 
 
 def send_event(
@@ -179,6 +192,16 @@ def _app_state(caller: str) -> SSEState:
             "registered on the app: app.register_blueprint(sse, url_prefix='/stream')."
         )
     return state
+
+
+def _closed(app: Any, hub: Hub, subscription: Subscription) -> None:
+    """The response is closed: release the subscription, tell the receivers."""
+    vacated = hub.unsubscribe(subscription)
+    signals.stream_closed.send(
+        app, channels=subscription.channels, reason=subscription.end_reason
+    )
+    for channel in vacated:
+        signals.channel_vacated.send(app, channel=channel)
 
 
 class _Refused(Exception):

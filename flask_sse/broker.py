@@ -16,6 +16,7 @@ import redis
 
 from .history import History
 from .hub import Hub
+from .presence import Presence
 
 _clients: dict[str, redis.Redis] = {}
 _histories: dict[str, History] = {}
@@ -42,7 +43,8 @@ def hub_for(url: str) -> Hub:
     """The process-wide hub for ``url``; it starts on its first subscriber."""
     hub = _hubs.get(url)
     if hub is None:
-        hub = _hubs.setdefault(url, Hub(redis_client(url).connection_pool, history_for(url)))
+        client = redis_client(url)
+        hub = _hubs.setdefault(url, Hub(client.connection_pool, history_for(url), Presence(client)))
     return hub
 
 

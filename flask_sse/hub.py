@@ -35,10 +35,12 @@ from typing import Any
 
 from redis.backoff import NoBackoff
 from redis.connection import ConnectionPool
+from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from .history import ORIGIN, History, Position, parse_position
 from .message import Message
+from .presence import REFRESH, SOON, Presence
 
 logger = logging.getLogger("flask_sse")
 
@@ -123,7 +125,7 @@ class Subscription:
     """
 
     __slots__ = (
-        "channels", "overflowed", "on_overflow", "fast_write", "due",
+        "channels", "overflowed", "on_overflow", "fast_write", "due", "occupied", "end_reason",
         "_queue", "_limit", "_wakeup", "_sleeping",
     )
 
@@ -133,6 +135,10 @@ class Subscription:
         self.on_overflow: Callable[[], None] | None = None
         self.fast_write: Callable[[Delivery], bool] | None = None
         self.due = math.inf
+        #: the channels this subscription brought to this process (their first subscriber)
+        self.occupied: tuple[str, ...] = ()
+        #: why the stream ended, for the stream_closed signal
+        self.end_reason = "client gone"
         self._queue: deque[Delivery] = deque()
         self._limit = limit
         self._wakeup = threading.Event()
@@ -194,10 +200,17 @@ class Hub:
     """Fan-out of one Redis server's pub/sub to the subscribers of this process."""
 
     def __init__(
-        self, pool: ConnectionPool, history: History, *, subscribe_timeout: float = 5.0
+        self,
+        pool: ConnectionPool,
+        history: History,
+        presence: Presence,
+        *,
+        subscribe_timeout: float = 5.0,
     ) -> None:
         self._pool = pool
         self._history = history
+        self._presence = presence
+        self._presence_changed = False
         self._subscribe_timeout = subscribe_timeout
         self._lock = threading.Lock()
         self._attempt_finished = threading.Condition(self._lock)
@@ -238,6 +251,8 @@ class Hub:
                 channel.subscribers[subscription] = None
                 channel.fanout = None
             self._send_subscribe(to_subscribe)
+            subscription.occupied = tuple(to_subscribe)
+            self._presence_changed = True
             waits = [self._channels[name].ready for name in subscription.channels]
         for ready in waits:
             if not ready.wait(max(0.0, deadline - time.monotonic())):
@@ -245,10 +260,15 @@ class Hub:
                 raise HubUnavailable("Redis did not confirm the subscription in time")
         return subscription
 
-    def unsubscribe(self, subscription: Subscription) -> None:
-        """Release a subscriber; a channel nobody here listens to is unsubscribed."""
+    def unsubscribe(self, subscription: Subscription) -> list[str]:
+        """Release a subscriber; a channel nobody here listens to is unsubscribed.
+
+        Returns those channels (vacated in this process).
+        """
         with self._lock:
-            self._subscriptions.pop(subscription, None)
+            if subscription in self._subscriptions:
+                del self._subscriptions[subscription]
+                self._presence_changed = True
             vacated = []
             for name in subscription.channels:
                 channel = self._channels.get(name)
@@ -263,6 +283,7 @@ class Hub:
                         del self._channels[name]
             if vacated:
                 self._send(self._connection, "UNSUBSCRIBE", *vacated)
+        return vacated
 
     def positions(self, channels: Iterable[str]) -> dict[str, Position]:
         """Each channel's newest history position as this hub has seen it."""
@@ -435,8 +456,9 @@ class Hub:
             subscription.deliver(delivery)
 
     def _maintain(self) -> None:
-        """Wake subscriptions that are due; PING Redis every ``PING_INTERVAL``."""
+        """Wake subscriptions that are due; PING Redis; report the counts."""
         next_ping = time.monotonic() + PING_INTERVAL
+        next_report = last_report = 0.0
         while True:
             time.sleep(TICK)
             now = time.monotonic()
@@ -447,3 +469,19 @@ class Hub:
                 next_ping = now + PING_INTERVAL
                 with self._lock:
                     self._send(self._connection, "PING")
+            if now >= next_report or (self._presence_changed and now >= last_report + SOON):
+                last_report, next_report = now, now + REFRESH
+                self._report_presence()
+
+    def _report_presence(self) -> None:
+        with self._lock:
+            self._presence_changed = False
+            counts = {
+                name: len(channel.subscribers)
+                for name, channel in self._channels.items()
+                if channel.subscribers
+            }
+        try:
+            self._presence.report(counts)
+        except RedisError as error:
+            logger.info("Could not report subscriber counts (%s)", error)

@@ -110,8 +110,9 @@ def event_stream(
         while True:
             deliveries = subscription.wait()
             if direct is not None and not direct.flush(client):
-                return
+                return  # the client is gone (the default reason)
             if subscription.overflowed:
+                subscription.end_reason = "slow"
                 return
             now = time.monotonic()
             if deliveries:
@@ -124,6 +125,7 @@ def event_stream(
             elif now < subscription.due:
                 continue  # woken early: the hub wrote directly meanwhile
             if now >= deadline:
+                subscription.end_reason = "max age"
                 return  # also on a busy stream; what is queued resumes from history
             if not deliveries:
                 if client is not None and _client_gone(client):
