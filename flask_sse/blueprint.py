@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 from flask import Blueprint, Response, current_app, has_app_context, jsonify, request, url_for
 from flask.blueprints import BlueprintSetupState
 
-from . import access, presence, signals
+from . import access, cli, presence, signals
 from .broker import history_for, hub_for, redis_client
 from .config import SSEConfig, channel_problem, load_config
 from .history import Position
@@ -60,6 +60,8 @@ class ServerSentEventsBlueprint(Blueprint):
         super().__init__(name, import_name, **kwargs)
         self.add_url_rule("", endpoint="stream", view_func=self.stream)
         self.record(_init_app)
+        for command in (cli.publish_command, cli.listen_command, cli.stats_command):
+            self.cli.add_command(command)
 
     def publish(
         self,

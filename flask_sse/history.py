@@ -52,9 +52,12 @@ return {id, receivers}
 """
 
 
+_KEY_PREFIX = "sse:history:{"
+
+
 def history_key(channel: str) -> str:
     """The stream of ``channel`` (the braces keep it in the channel's cluster slot)."""
-    return "sse:history:{" + channel + "}"
+    return _KEY_PREFIX + channel + "}"
 
 
 def parse_position(text: object) -> Position | None:
@@ -93,6 +96,14 @@ class History:
             keys=[history_key(channel)], args=[channel, payload, maxlen, ttl]
         )
         return position.decode(), int(receivers)
+
+    def lengths(self) -> dict[str, int]:
+        """Every channel that has a history, and its length (SCAN: for tools, not requests)."""
+        lengths = {}
+        for key in self._client.scan_iter(match=_KEY_PREFIX + "*", count=1000):
+            channel = key.decode("utf-8", "replace")[len(_KEY_PREFIX) : -1]
+            lengths[channel] = int(self._client.xlen(key))
+        return lengths
 
     def newest(self, channel: str) -> Position:
         """The position of the channel's newest entry (``ORIGIN`` if none)."""

@@ -179,3 +179,29 @@ def _sanitised_id(value: object) -> EventId | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     return _sanitised_text(value)
+
+
+def read_wire(text: str) -> list[Message]:
+    """The events of a piece of event stream written by :meth:`Message.encode`.
+
+    For tools that show a stream (``flask sse listen --format json``, the test
+    helpers): each complete event, with the ``type`` and ``id`` written in it;
+    comments and the opening ``retry:``/``id:`` lines make no event.
+    """
+    messages = []
+    for block in text.split("\n\n")[:-1]:  # the last piece is not complete yet
+        fields: dict[str, list[str]] = {}
+        for line in block.split("\n"):
+            name, colon, value = line.partition(":")
+            if not name or not colon:
+                continue  # a comment, or a blank line
+            fields.setdefault(name, []).append(value[1:] if value.startswith(" ") else value)
+        if "data" in fields:
+            messages.append(
+                Message(
+                    "\n".join(fields["data"]),
+                    type=fields.get("event", [None])[-1],
+                    id=fields.get("id", [None])[-1],
+                )
+            )
+    return messages

@@ -66,7 +66,9 @@ class Publisher:
         problem = channel_problem(channel)
         if problem:
             raise ValueError(f"Cannot publish: {problem}.")
-        message = Message(data, type=type, id=id, retry=retry)
+        return self._send(channel, Message(data, type=type, id=id, retry=retry))
+
+    def _send(self, channel: str, message: Message) -> int:
         if not self.history:
             return int(redis_client(self.redis_url).publish(channel, json.dumps(message.to_dict())))
         message.id = None  # the history position becomes the id

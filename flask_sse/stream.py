@@ -22,7 +22,7 @@ import select
 import socket
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 import redis
@@ -76,7 +76,7 @@ def event_stream(
     resume: bool,
     client: Any,
     chunked: bool = False,
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """The body of one stream.
 
     ``history`` is ``None`` when ``SSE_HISTORY`` is 0: ids then pass through

@@ -1,0 +1,121 @@
+"""``flask sse ...``: publish, listen and look at counts from the command line.
+
+The commands belong to each server-sent events blueprint's click group (for
+the ready-made ``sse``: ``flask sse publish``, ``flask sse listen``,
+``flask sse stats``), and run with the app's configuration.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+from . import presence
+from .broker import history_for, hub_for, redis_client
+from .config import channel_problem
+from .hub import HubUnavailable
+from .message import read_wire
+from .stream import KEEPALIVE, event_stream, parse_last_event_id
+
+
+def _state() -> Any:
+    state = current_app.extensions.get("sse")
+    if state is None:  # the commands come with the blueprint, so this is a broken setup
+        raise click.ClickException("No server-sent events blueprint is registered on this app.")
+    return state
+
+
+@click.command("publish")
+@with_appcontext
+@click.argument("channel")
+@click.argument("data")
+@click.option("--type", "event_type", help="The event type (the browser's addEventListener name).")
+@click.option("--json", "as_json", is_flag=True, help="Parse DATA as JSON.")
+def publish_command(channel: str, data: str, event_type: str | None, as_json: bool) -> None:
+    """Publish DATA on CHANNEL."""
+    value: Any = data
+    if as_json:
+        try:
+            value = json.loads(data)
+        except ValueError as error:
+            raise click.BadParameter(f"not JSON: {error}", param_hint="DATA") from None
+    try:
+        receivers = _state().publisher.publish(value, type=event_type, channel=channel)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    click.echo(f"Published on {channel!r}: {receivers} process(es) listening.")
+
+
+@click.command("listen")
+@with_appcontext
+@click.argument("channels", nargs=-1, required=True)
+@click.option("--last-event-id", help="Replay what history holds after this id first.")
+@click.option(
+    "--format", "output", type=click.Choice(["sse", "json"]), default="sse", show_default=True,
+    help="The wire form, or one JSON object per event.",
+)
+@click.option("--count", type=click.IntRange(min=1), help="Stop after this many events.")
+def listen_command(
+    channels: tuple[str, ...], last_event_id: str | None, output: str, count: int | None
+) -> None:
+    """Print the events of CHANNELS as they arrive, until Ctrl-C."""
+    config = _state().config
+    channels = tuple(dict.fromkeys(channels))
+    for channel in channels:
+        problem = channel_problem(channel)
+        if problem:
+            raise click.BadParameter(problem, param_hint="CHANNELS")
+    resume = None
+    if last_event_id and config.history:
+        try:
+            resume = parse_last_event_id(last_event_id, channels)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--last-event-id") from None
+    hub = hub_for(config.redis_url)
+    try:
+        subscription = hub.subscribe(channels, config.queue_size)
+    except HubUnavailable as error:
+        raise click.ClickException(f"Cannot listen: {error}.") from None
+    history = history_for(config.redis_url) if config.history else None
+    positions = resume or hub.positions(channels)
+    body = event_stream(subscription, config, history, positions, resume is not None, None)
+    seen = 0
+    try:
+        for chunk in body:
+            if chunk == KEEPALIVE:
+                continue
+            text = chunk.decode()
+            events = read_wire(text)
+            if output == "sse":
+                click.echo(text, nl=False)
+            for message in events if output == "json" else ():
+                click.echo(json.dumps(message.to_dict()))
+            seen += len(events)
+            if count is not None and seen >= count:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        body.close()
+        hub.unsubscribe(subscription)
+
+
+@click.command("stats")
+@with_appcontext
+def stats_command() -> None:
+    """Open streams per channel (all workers and machines) and history lengths."""
+    redis_url = _state().config.redis_url
+    counts = presence.totals(redis_client(redis_url))
+    lengths = history_for(redis_url).lengths()
+    channels = sorted(set(counts) | set(lengths))
+    if not channels:
+        click.echo("No open streams and no history.")
+        return
+    width = max(len("channel"), *(len(channel) for channel in channels))
+    click.echo(f"{'channel':<{width}}  {'streams':>8}  {'history':>8}")
+    for channel in channels:
+        click.echo(f"{channel:<{width}}  {counts.get(channel, 0):>8}  {lengths.get(channel, 0):>8}")

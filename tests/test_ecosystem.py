@@ -1,0 +1,219 @@
+"""The Flask ecosystem: the CLI, signals, subscriber counts and the testing helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from flask_sse import Publisher, send_event, signals, sse
+from flask_sse.testing import captured_events, read_events
+
+from .conftest import Gunicorn, RedisServer
+from .sse_client import StreamClient, wait_for
+
+Start = Callable[..., Gunicorn]
+
+
+def make_app(redis_url: str, **settings: Any) -> Flask:
+    app = Flask(__name__)
+    app.config.update(SSE_REDIS_URL=redis_url, SSE_KEEPALIVE=0.1, **settings)
+    app.register_blueprint(sse, url_prefix="/stream")
+    return app
+
+
+# -- the CLI ---------------------------------------------------------------------
+
+
+def test_cli_publish_then_listen_replays_from_history(memory_url: str) -> None:
+    runner = make_app(memory_url).test_cli_runner()
+    published = runner.invoke(args=["sse", "publish", "news", '{"price": 3}', "--json", "--type", "update"])
+    assert published.exit_code == 0, published.output
+    assert published.output == "Published on 'news': 0 process(es) listening.\n"
+    runner.invoke(args=["sse", "publish", "news", "two\nlines"])
+    heard = runner.invoke(args=["sse", "listen", "news", "--last-event-id", "0-0", "--count", "2", "--format", "json"])
+    assert heard.exit_code == 0, heard.output
+    first, second = (json.loads(line) for line in heard.output.splitlines())
+    assert (first["data"], first["type"]) == ('{"price": 3}', "update")
+    assert second["data"] == "two\nlines" and "type" not in second
+    assert first["id"] < second["id"]
+    wire = runner.invoke(args=["sse", "listen", "news", "--last-event-id", first["id"], "--count", "1"])
+    assert wire.output.startswith("retry:3000\nid:")
+    assert "data:two\ndata:lines\nid:" in wire.output
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["publish", "news", "{not json", "--json"], "not JSON"),
+        (["publish", "a\nb", "x"], "must not contain control characters"),
+        (["publish", "news", "x", "--type", "a\nb"], "type must not contain CR, LF or NUL"),
+        (["listen", ""], "must not be empty"),
+        (["listen", "news", "--last-event-id", "nope"], "is not an id this stream sent"),
+        (["listen", "news", "--count", "0"], "0 is not in the range x>=1"),
+    ],
+)
+def test_cli_refuses_bad_input_with_a_message(memory_url: str, args: list[str], error: str) -> None:
+    result = make_app(memory_url).test_cli_runner().invoke(args=["sse", *args])
+    assert result.exit_code == 2
+    assert error in result.output
+
+
+@pytest.mark.integration
+def test_cli_listen_and_stats_against_real_redis(
+    gunicorn: Start, redis_url: str, redis_server: RedisServer
+) -> None:
+    app = make_app(redis_url)
+    runner = app.test_cli_runner()
+    outcome: dict[str, Any] = {}
+    listening = threading.Thread(
+        target=lambda: outcome.update(result=runner.invoke(args=["sse", "listen", "live", "--count", "2"]))
+    )
+    listening.start()
+    publisher = Publisher(redis_url)
+    deadline = time.monotonic() + 10
+    while listening.is_alive() and time.monotonic() < deadline:  # until the listener has two
+        publisher.publish("ping", channel="live")
+        listening.join(0.05)
+    assert not listening.is_alive()
+    assert outcome["result"].output.count("data:ping\n") >= 2
+
+    server = gunicorn(redis_url)
+    streams = [StreamClient(server.port, "/stream?channel=room") for _ in range(3)]
+    with app.app_context():
+        wait_for(lambda: sse.subscriber_count("room") == 3, what="the worker's report")
+    stats = runner.invoke(args=["sse", "stats"])
+    assert stats.exit_code == 0
+    table = {line.split()[0]: line.split()[1:] for line in stats.output.splitlines()[1:]}
+    assert table["room"] == ["3", "0"]
+    assert table["live"][1] == str(redis_server.client().xlen("sse:history:{live}"))
+    for stream in streams:
+        stream.close()
+
+
+# -- subscriber counts --------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_subscriber_counts_add_up_across_servers_and_forget_killed_workers(
+    gunicorn: Start, redis_url: str
+) -> None:
+    first, second = gunicorn(redis_url), gunicorn(redis_url)
+    app = make_app(redis_url)
+    opened = [StreamClient(first.port, "/stream?channel=crowd") for _ in range(3)]
+    opened += [StreamClient(second.port, "/stream?channel=crowd") for _ in range(2)]
+
+    def count() -> int:
+        with app.app_context():
+            return sse.subscriber_count("crowd")
+
+    wait_for(lambda: count() == 5, what="5 streams counted over two servers")
+    for stream in opened[:3]:
+        stream.close()
+    wait_for(lambda: count() == 2, timeout=20, what="closed streams to be forgotten")
+    os.kill(second.worker_pid, signal.SIGKILL)  # no chance to clean up: only the expiry can
+    wait_for(lambda: count() == 0, timeout=25, what="the killed worker's counts to expire")
+    for stream in opened[3:]:
+        stream.close()
+
+
+# -- signals ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def received() -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    log: list[tuple[str, dict[str, Any]]] = []
+    receivers = {
+        name: (lambda sender, name=name, **kwargs: log.append((name, kwargs)))
+        for name in ("stream_opened", "stream_closed", "channel_occupied", "channel_vacated")
+    }
+    for name, receiver in receivers.items():
+        getattr(signals, name).connect(receiver)
+    yield log
+    for name, receiver in receivers.items():
+        getattr(signals, name).disconnect(receiver)
+
+
+def test_signals_for_streams_and_channels(memory_url: str, received: list[tuple[str, dict[str, Any]]]) -> None:
+    client = make_app(memory_url).test_client()
+    first = client.get("/stream?channel=a&channel=b", buffered=False)
+    second = client.get("/stream?channel=b", buffered=False)
+    assert received == [
+        ("stream_opened", {"channels": ("a", "b")}),
+        ("channel_occupied", {"channel": "a"}),
+        ("channel_occupied", {"channel": "b"}),
+        ("stream_opened", {"channels": ("b",)}),
+    ]
+    received.clear()
+    first.close()
+    second.close()
+    assert received == [
+        ("stream_closed", {"channels": ("a", "b"), "reason": "client gone"}),
+        ("channel_vacated", {"channel": "a"}),
+        ("stream_closed", {"channels": ("b",), "reason": "client gone"}),
+        ("channel_vacated", {"channel": "b"}),
+    ]
+
+
+@pytest.mark.parametrize(("settings", "reason"), [({"SSE_QUEUE_SIZE": 2}, "slow"), ({"SSE_MAX_AGE": 0.2}, "max age")])
+def test_the_closing_reason(
+    memory_url: str, received: list[tuple[str, dict[str, Any]]], settings: dict[str, Any], reason: str
+) -> None:
+    app = make_app(memory_url, **settings)
+    response = app.test_client().get("/stream", buffered=False)
+    chunks = iter(response.response)
+    next(chunks)
+    if reason == "slow":
+        for number in range(5):
+            Publisher(memory_url).publish(number)
+    for _ in chunks:  # until the stream ends by itself
+        pass
+    response.close()
+    assert ("stream_closed", {"channels": ("sse",), "reason": reason}) in received
+
+
+# -- the testing helpers ------------------------------------------------------------
+
+
+def test_captured_events_record_instead_of_publishing(memory_url: str) -> None:
+    app = make_app(memory_url)
+    listening = app.test_client().get("/stream", buffered=False)
+    with captured_events(app) as events, app.app_context():
+        send_event("update", {"price": 3}, channel="news")
+        sse.publish("hi", type="greeting")
+        with pytest.raises(ValueError, match="type must not contain"):
+            send_event("a\nb", "x")
+    assert [(event.channel, event.message.type, event.message.data) for event in events] == [
+        ("news", "update", {"price": 3}),
+        ("sse", "greeting", "hi"),
+    ]
+    with app.app_context():
+        assert sse.publish("after the block") == 1  # published for real again
+    listening.close()
+
+
+def test_read_events_returns_what_came_and_never_hangs(memory_url: str) -> None:
+    app = make_app(memory_url)
+    client = app.test_client()
+    with app.app_context():
+        sse.publish("one")
+        sse.publish("two")
+    started = time.monotonic()
+    messages = read_events(client, "/stream?lastEventId=0-0", count=5, timeout=0.5)
+    assert time.monotonic() - started < 3
+    assert [message.data for message in messages] == ["one", "two"]
+    with pytest.raises(AssertionError, match="answered 400"):
+        read_events(client, "/stream?channel=", count=1)
+
+
+def test_docs_of_the_helpers_match_their_names() -> None:
+    text = Path(__file__).resolve().parent.parent.joinpath("flask_sse", "testing.py").read_text()
+    assert "captured_events(app)" in text and "read_events(client" in text
