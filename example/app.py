@@ -104,6 +104,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             return "", 204
         return redirect(url_for("index"), 303)
 
+    @app.get("/stats")
+    def stats() -> dict[str, int]:
+        """Open streams on the public channel, across every worker."""
+        return {"news": events.subscriber_count("news")}
+
     @app.post("/login")
     def login() -> ResponseReturnValue:
         """Demo only: anyone may press the button; a real app checks who it is."""

@@ -58,10 +58,10 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
-def _need(binary: str) -> str:
+def _need(binary: str, package: str = "redis-server") -> str:
     path = shutil.which(binary)
     if path is None:
-        message = f"{binary} is not installed (Debian: apt-get install redis-server)"
+        message = f"{binary} is not installed (Debian: apt-get install {package})"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
@@ -170,15 +170,17 @@ def gunicorn() -> Iterator[Callable[..., Gunicorn]]:
         redis_url: str,
         app: str = "tests.serve:app",
         options: tuple[str, ...] = ("-w", "1"),
+        env: dict[str, str] | None = None,
         **settings: object,
     ) -> Gunicorn:
-        """``settings`` are ``SSE_*`` keys for ``tests.serve``'s config."""
+        """``settings`` are ``SSE_*`` keys for ``tests.serve``'s config; ``env`` more variables."""
         port = free_port()
         env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),
             "SSE_TEST_SETTINGS": json.dumps({"SSE_REDIS_URL": redis_url, **settings}),
             "REDIS_URL": redis_url,
+            **(env or {}),
         }
         command = [
             sys.executable, "-m", "gunicorn", "-k", "gevent", *options,
