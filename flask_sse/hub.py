@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import signal
 import threading
 import time
 from collections import deque
@@ -125,13 +126,15 @@ class Subscription:
     """
 
     __slots__ = (
-        "channels", "overflowed", "on_overflow", "fast_write", "due", "occupied", "end_reason",
-        "_queue", "_limit", "_wakeup", "_sleeping",
+        "channels", "overflowed", "closing", "on_overflow", "fast_write", "due", "occupied",
+        "end_reason", "_queue", "_limit", "_wakeup", "_sleeping",
     )
 
     def __init__(self, channels: tuple[str, ...], limit: int) -> None:
         self.channels = channels
         self.overflowed = False
+        #: set when the process is shutting down: the stream should end now
+        self.closing = False
         self.on_overflow: Callable[[], None] | None = None
         self.fast_write: Callable[[Delivery], bool] | None = None
         self.due = math.inf
@@ -217,6 +220,7 @@ class Hub:
         self._connection: Any = None
         self._attempts = 0
         self._started = False
+        self._stopping = False
         self._jitter = random.Random()  # its own: never disturbs the app's random state
         self._channels: dict[str, _Channel] = {}
         #: every subscription, for the maintenance thread's wake-ups
@@ -295,6 +299,10 @@ class Hub:
                 positions[name] = last if last is not None else ORIGIN
         return positions
 
+    def shutdown(self) -> None:
+        """End every stream of this hub soon (within ``TICK``); safe in a signal handler."""
+        self._stopping = True
+
     @property
     def streams(self) -> int:
         """How many streams this process serves from this hub."""
@@ -317,6 +325,7 @@ class Hub:
             self._started = True
             threading.Thread(target=self._run, name="flask-sse-hub", daemon=True).start()
             threading.Thread(target=self._maintain, name="flask-sse-tick", daemon=True).start()
+            _end_streams_on_sigterm(self)
 
     def _send_subscribe(self, names: list[str]) -> None:
         if not names:
@@ -462,8 +471,12 @@ class Hub:
         while True:
             time.sleep(TICK)
             now = time.monotonic()
+            stopping = self._stopping
             for subscription in tuple(self._subscriptions):
-                if subscription.due <= now:
+                if stopping:
+                    subscription.closing = True
+                    subscription.wake()
+                elif subscription.due <= now:
                     subscription.wake()
             if now >= next_ping:
                 next_ping = now + PING_INTERVAL
@@ -485,3 +498,27 @@ class Hub:
             self._presence.report(counts)
         except RedisError as error:
             logger.info("Could not report subscriber counts (%s)", error)
+
+
+def _end_streams_on_sigterm(hub: Hub) -> None:
+    """On SIGTERM, end the hub's streams at once, then let the server's handler run.
+
+    ``gunicorn`` stops a worker gracefully with SIGTERM (also the old workers
+    of a ``HUP``), then waits up to its graceful timeout for requests to
+    finish: open streams never would. Ending them cleanly (a complete
+    response, no half event) lets the worker exit within a second or two, and
+    browsers reconnect elsewhere and resume. Only where a Python handler is
+    installed (the server's own), and only from the main thread.
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+    if not callable(previous):
+        return
+
+    def end_streams(signum: int, frame: Any) -> None:
+        hub.shutdown()
+        previous(signum, frame)
+
+    try:
+        signal.signal(signal.SIGTERM, end_streams)
+    except ValueError:  # not the main thread (the threaded dev server): leave signals alone
+        pass

@@ -111,6 +111,9 @@ def event_stream(
             deliveries = subscription.wait()
             if direct is not None and not direct.flush(client):
                 return  # the client is gone (the default reason)
+            if subscription.closing:
+                subscription.end_reason = "shutdown"
+                return
             if subscription.overflowed:
                 subscription.end_reason = "slow"
                 return
