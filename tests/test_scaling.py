@@ -71,3 +71,26 @@ def test_sigterm_ends_streams_within_2s_and_clients_resume_elsewhere(
     wait_for(lambda: old.process.poll() is not None, what="the old server to exit")
     print(f"rolling restart: {clients} clients, {total} events, streams ended {slowest:.2f}s "
           "after SIGTERM, 0 lost, 0 twice")
+
+
+def test_every_subscriber_on_every_server_gets_each_event_once(
+    gunicorn: Callable[..., Gunicorn], redis_url: str
+) -> None:
+    servers = [gunicorn(redis_url, options=("-w", "2")) for _ in range(3)]
+    streams = []
+    for server in servers:
+        for _ in range(10):  # spread over the server's workers by its accept loop
+            stream = StreamClient(server.port, "/stream?channel=everywhere")
+            while stream.read_line() != "\n":
+                pass
+            streams.append(stream)
+    publishers = [Publisher(redis_url)]  # publish from outside, and through each server
+    for number in range(100):
+        if number % 2:
+            publishers[0].publish(str(number), channel="everywhere")
+        else:
+            server = servers[number % 3]
+            server.request("POST", "/publish", {"data": str(number), "channel": "everywhere"})
+    for stream in streams:
+        assert [int(event.data) for event in stream.events(100)] == list(range(100))
+        stream.close()
