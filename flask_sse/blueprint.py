@@ -17,9 +17,9 @@ from flask import Blueprint, Response, current_app, has_app_context, jsonify, re
 from flask.blueprints import BlueprintSetupState
 
 from . import access, cli, presence, signals
-from .broker import history_for, hub_for, redis_client
+from .broker import history_for, hub_for, is_cluster, redis_client
 from .config import SSEConfig, channel_problem, load_config
-from .history import Position
+from .history import Position, cluster_problem
 from .hub import Hub, HubUnavailable, Subscription
 from .message import EventId
 from .publisher import Publisher
@@ -228,6 +228,8 @@ def _read_request(config: SSEConfig) -> tuple[tuple[str, ...], dict[str, Positio
             raise _Refused(400, f"Give {name!r} once, not {len(args.getlist(name))} times.")
     channels = tuple(dict.fromkeys(args.getlist("channel"))) or (config.default_channel,)
     problem = _channels_problem(channels, config.max_channels)
+    if not problem and is_cluster(config.redis_url):
+        problem = next(filter(None, map(cluster_problem, channels)), None)
     if problem:
         raise _Refused(400, problem)
     private = [name for name in channels if name.startswith(config.private_prefix)]

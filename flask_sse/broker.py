@@ -13,10 +13,12 @@ import os
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from .history import History
-from .hub import Hub
+from .hub import READ_TIMEOUT, Hub
 from .presence import Presence
+from .routing import ClusterRouter, Router
 
 _clients: dict[str, redis.Redis] = {}
 _histories: dict[str, History] = {}
@@ -35,7 +37,7 @@ def history_for(url: str) -> History:
     """The process-wide history of the channels behind ``url``."""
     history = _histories.get(url)
     if history is None:
-        history = _histories.setdefault(url, History(redis_client(url)))
+        history = _histories.setdefault(url, History(redis_client(url), sharded=is_cluster(url)))
     return history
 
 
@@ -43,14 +45,27 @@ def hub_for(url: str) -> Hub:
     """The process-wide hub for ``url``; it starts on its first subscriber."""
     hub = _hubs.get(url)
     if hub is None:
-        client = redis_client(url)
-        hub = _hubs.setdefault(url, Hub(client.connection_pool, history_for(url), Presence(client)))
+        client: Any = redis_client(url)
+        router = (
+            ClusterRouter(client, READ_TIMEOUT)
+            if is_cluster(url)
+            else Router(client.connection_pool, READ_TIMEOUT)
+        )
+        hub = _hubs.setdefault(url, Hub(router, history_for(url), Presence(client)))
     return hub
+
+
+def is_cluster(url: str) -> bool:
+    """``redis+cluster://`` (or ``rediss+cluster://``): Redis Cluster, sharded pub/sub."""
+    return url.startswith(("redis+cluster://", "rediss+cluster://"))
 
 
 def _new_client(url: str) -> redis.Redis:
     if url.startswith("memory://"):
         return _memory_client(url)
+    if is_cluster(url):
+        cluster: Any = RedisCluster.from_url(url.replace("+cluster", "", 1))
+        return cluster  # type: ignore[no-any-return]
     return redis.Redis.from_url(url)
 
 

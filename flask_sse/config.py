@@ -42,7 +42,9 @@ DEFAULTS: dict[str, Any] = {
 #: Longest channel name a client may ask for.
 MAX_CHANNEL_LENGTH = 200
 #: URL schemes the broker understands (``memory://`` is the embedded one).
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "memory://")
+REDIS_SCHEMES = (
+    "redis://", "rediss://", "unix://", "memory://", "redis+cluster://", "rediss+cluster://"
+)
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,8 @@ def check_redis_url(url: object) -> None:
         raise ValueError(
             f"SSE_REDIS_URL must start with one of {', '.join(REDIS_SCHEMES)}, "
             f"got {url!r}: for example app.config['SSE_REDIS_URL'] = "
-            "'redis://localhost:6379/0', or 'memory://' for the embedded broker."
+            "'redis://localhost:6379/0', 'redis+cluster://node:7000' for Redis Cluster, "
+            "or 'memory://' for the embedded broker."
         )
 
 

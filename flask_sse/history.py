@@ -47,7 +47,7 @@ end
 local id = string.format('%.0f-%.0f', ms, seq)
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], id, 'p', previous, 'd', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-local receivers = redis.call('PUBLISH', ARGV[1], '{"id":"' .. id .. '",' .. string.sub(ARGV[2], 2))
+local receivers = redis.call(ARGV[5], ARGV[1], '{"id":"' .. id .. '",' .. string.sub(ARGV[2], 2))
 return {id, receivers}
 """
 
@@ -56,8 +56,34 @@ _KEY_PREFIX = "sse:history:{"
 
 
 def history_key(channel: str) -> str:
-    """The stream of ``channel`` (the braces keep it in the channel's cluster slot)."""
+    """The stream of ``channel``, in the same Redis Cluster slot as the channel itself.
+
+    A channel with a hash tag of its own (``"user{42}"``) keeps it; any other
+    is wrapped in one, so the key hashes like the channel name.
+    """
+    if hash_tag(channel) != channel:
+        return "sse:history:" + channel
     return _KEY_PREFIX + channel + "}"
+
+
+def hash_tag(name: str) -> str:
+    """What Redis Cluster hashes of ``name``: its ``{tag}`` if it has one, else all of it."""
+    start = name.find("{")
+    if start >= 0:
+        end = name.find("}", start + 1)
+        if end > start + 1:
+            return name[start + 1 : end]
+    return name
+
+
+def cluster_problem(channel: str) -> str | None:
+    """Why ``channel`` cannot have its history in its own cluster slot, or ``None``."""
+    if "}" in channel and hash_tag(channel) == channel:
+        return (
+            "on Redis Cluster a channel name with '}' needs a hash tag ('{...}') before it, "
+            f"got {channel!r}"
+        )
+    return None
 
 
 def parse_position(text: object) -> Position | None:
@@ -81,9 +107,11 @@ def with_position(payload: bytes, position: bytes) -> bytes:
 class History:
     """Appends to and reads from the channels' streams through one client."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, sharded: bool = False) -> None:
         self._client = client
         self._append_and_publish = client.register_script(_APPEND_AND_PUBLISH)
+        #: SPUBLISH on a cluster (sharded pub/sub), PUBLISH otherwise
+        self.publish_command = "SPUBLISH" if sharded else "PUBLISH"
 
     def publish(self, channel: str, payload: str, maxlen: int, ttl: int) -> tuple[str, int]:
         """Append and publish atomically; return the position and the receivers.
@@ -93,15 +121,16 @@ class History:
         if not payload.startswith("{"):
             raise ValueError(f"a history payload must be a JSON object, got {payload[:40]!r}")
         position, receivers = self._append_and_publish(
-            keys=[history_key(channel)], args=[channel, payload, maxlen, ttl]
+            keys=[history_key(channel)], args=[channel, payload, maxlen, ttl, self.publish_command]
         )
         return position.decode(), int(receivers)
 
     def lengths(self) -> dict[str, int]:
         """Every channel that has a history, and its length (SCAN: for tools, not requests)."""
         lengths = {}
-        for key in self._client.scan_iter(match=_KEY_PREFIX + "*", count=1000):
-            channel = key.decode("utf-8", "replace")[len(_KEY_PREFIX) : -1]
+        for key in self._client.scan_iter(match="sse:history:*", count=1000):
+            name = key.decode("utf-8", "replace")
+            channel = name[len(_KEY_PREFIX) : -1] if name.startswith(_KEY_PREFIX) else name[12:]
             lengths[channel] = int(self._client.xlen(key))
         return lengths
 

@@ -34,20 +34,20 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from redis.backoff import NoBackoff
-from redis.connection import ConnectionPool
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from .history import ORIGIN, History, Position, parse_position
 from .message import Message
 from .presence import REFRESH, SOON, Presence
+from .routing import Router
 
 logger = logging.getLogger("flask_sse")
 
 #: Seconds between PINGs on the pub/sub connection; three missed answers and
 #: the link is declared dead (a cut network sends no RST).
 PING_INTERVAL = 5.0
+#: A pub/sub connection that has read nothing (not even a PONG) for this long is dead.
+READ_TIMEOUT = PING_INTERVAL * 3
 #: Seconds between looks for subscriptions whose ``due`` time has passed.
 TICK = 0.25
 #: Reconnection backoff: first wait and cap, in seconds (with jitter).
@@ -182,14 +182,16 @@ class Subscription:
 class _Channel:
     """The hub's state for one channel (guarded by the hub's lock)."""
 
-    __slots__ = ("subscribers", "fanout", "pending", "ready", "last", "replayed_to")
+    __slots__ = ("subscribers", "fanout", "node", "pending", "ready", "last", "replayed_to")
 
-    def __init__(self) -> None:
+    def __init__(self, node: str) -> None:
         #: local subscribers (a dict used as an ordered set)
         self.subscribers: dict[Subscription, None] = {}
         #: tuple snapshot of the subscribers for the reader, rebuilt after a change
         self.fanout: tuple[Subscription, ...] | None = None
-        #: SUBSCRIBE commands sent on this connection and not yet confirmed
+        #: the Redis server (cluster node) whose link carries the channel
+        self.node = node
+        #: SUBSCRIBE commands sent on the link's connection and not yet confirmed
         self.pending = 0
         #: set once Redis has confirmed the subscription and history is caught up
         self.ready = threading.Event()
@@ -199,26 +201,41 @@ class _Channel:
         self.replayed_to: Position | None = None
 
 
+class _Link:
+    """One pub/sub connection, to one Redis server, and the channels it carries."""
+
+    __slots__ = ("node", "connection", "attempts", "channels")
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.connection: Any = None
+        self.attempts = 0  # connection attempts finished, successful or not
+        self.channels: set[str] = set()
+
+
 class Hub:
-    """Fan-out of one Redis server's pub/sub to the subscribers of this process."""
+    """Fan-out of Redis pub/sub to the subscribers of this process.
+
+    One link (connection and reader thread) per Redis server it needs: one
+    for a single Redis, one per shard with subscribed channels on a cluster.
+    """
 
     def __init__(
         self,
-        pool: ConnectionPool,
+        router: Router,
         history: History,
         presence: Presence,
         *,
         subscribe_timeout: float = 5.0,
     ) -> None:
-        self._pool = pool
+        self._router = router
         self._history = history
         self._presence = presence
         self._presence_changed = False
         self._subscribe_timeout = subscribe_timeout
         self._lock = threading.Lock()
         self._attempt_finished = threading.Condition(self._lock)
-        self._connection: Any = None
-        self._attempts = 0
+        self._links: dict[str, _Link] = {}
         self._started = False
         self._stopping = False
         self._jitter = random.Random()  # its own: never disturbs the app's random state
@@ -238,18 +255,24 @@ class Hub:
         deadline = time.monotonic() + self._subscribe_timeout
         with self._lock:
             self._start()
+            try:
+                nodes = {name: self._node_of(name) for name in subscription.channels}
+            except RedisError as error:
+                raise HubUnavailable(f"Redis is unreachable ({error})") from None
+            links = [self._link(node) for node in set(nodes.values())]
             self._attempt_finished.wait_for(
-                lambda: self._connection is not None or self._attempts > 0,
+                lambda: all(link.connection is not None or link.attempts > 0 for link in links),
                 timeout=self._subscribe_timeout,
             )
-            if self._connection is None:
+            if any(link.connection is None for link in links):
                 raise HubUnavailable("Redis is unreachable; see the log for why")
             self._subscriptions[subscription] = None
             to_subscribe = []
             for name in subscription.channels:
                 channel = self._channels.get(name)
                 if channel is None:
-                    channel = self._channels[name] = _Channel()
+                    channel = self._channels[name] = _Channel(nodes[name])
+                    self._links[channel.node].channels.add(name)
                 if not channel.subscribers:
                     to_subscribe.append(name)
                 channel.subscribers[subscription] = None
@@ -283,10 +306,10 @@ class Hub:
                 if not channel.subscribers:
                     vacated.append(name)
                     channel.last = channel.replayed_to = None
+                    link = self._links[channel.node]
+                    self._send_each(link, self._router.unsubscribe_command, [name])
                     if not channel.pending:
-                        del self._channels[name]
-            if vacated:
-                self._send(self._connection, "UNSUBSCRIBE", *vacated)
+                        self._forget(name)
         return vacated
 
     def positions(self, channels: Iterable[str]) -> dict[str, Position]:
@@ -318,106 +341,187 @@ class Hub:
         with self._lock:
             return [name for name, channel in self._channels.items() if channel.subscribers]
 
-    # -- the connection, under _lock -----------------------------------------
+    def links(self) -> list[str]:
+        """The Redis servers this hub holds a pub/sub connection to."""
+        with self._lock:
+            return [node for node, link in self._links.items() if link.connection is not None]
+
+    # -- links and channels, under _lock ---------------------------------------
 
     def _start(self) -> None:
         if not self._started:
             self._started = True
-            threading.Thread(target=self._run, name="flask-sse-hub", daemon=True).start()
             threading.Thread(target=self._maintain, name="flask-sse-tick", daemon=True).start()
             _end_streams_on_sigterm(self)
 
+    def _node_of(self, name: str) -> str:
+        channel = self._channels.get(name)
+        return channel.node if channel is not None else self._router.node_for(name)
+
+    def _link(self, node: str) -> _Link:
+        """The link to ``node``, started on first use."""
+        link = self._links.get(node)
+        if link is None:
+            link = self._links[node] = _Link(node)
+            reader = threading.Thread(target=self._run, args=(link,), name="flask-sse-hub")
+            reader.daemon = True
+            reader.start()
+        return link
+
+    def _forget(self, name: str) -> None:
+        channel = self._channels.pop(name)
+        channel.ready.set()
+        link = self._links.get(channel.node)
+        if link is not None:
+            link.channels.discard(name)
+
     def _send_subscribe(self, names: list[str]) -> None:
-        if not names:
-            return
+        by_link: dict[str, list[str]] = {}
         for name in names:
             channel = self._channels[name]
             channel.pending += 1
             if channel.ready.is_set():
                 channel.ready = threading.Event()
-        self._send(self._connection, "SUBSCRIBE", *names)
+            by_link.setdefault(channel.node, []).append(name)
+        for node, group in by_link.items():
+            self._send_each(self._links[node], self._router.subscribe_command, group)
 
-    def _send(self, connection: Any, *command: str) -> None:
-        if connection is None or connection is not self._connection:
+    def _send_each(self, link: _Link, command: str, names: list[str]) -> None:
+        """One command for all ``names``; one each on a cluster (one slot per command)."""
+        if self._router.sharded:
+            for name in names:
+                self._send(link, link.connection, command, name)
+        elif names:
+            self._send(link, link.connection, command, *names)
+
+    def _send(self, link: _Link, connection: Any, *command: str) -> None:
+        if connection is None or connection is not link.connection:
             return
         try:
             connection.send_command(*command, check_health=False)
         except Exception as error:  # noqa: BLE001 - any failure means the link is gone
-            logger.warning("Redis pub/sub send failed (%s); reconnecting", error)
-            self._connection = None
+            logger.warning("Redis pub/sub send to %s failed (%s); reconnecting", link.node, error)
+            link.connection = None
             connection.disconnect()
 
-    # -- the reader thread ---------------------------------------------------
+    def _move(self, name: str, node: str) -> None:
+        """Carry channel ``name`` on ``node`` from now on (the cluster moved its slot)."""
+        channel = self._channels[name]
+        self._links[channel.node].channels.discard(name)
+        channel.node = node
+        channel.pending = 0
+        link = self._link(node)
+        link.channels.add(name)
+        if link.connection is not None:
+            self._send_subscribe([name])
 
-    def _run(self) -> None:
+    # -- a link's reader thread ----------------------------------------------
+
+    def _run(self, link: _Link) -> None:
         backoff = BACKOFF_FIRST
         while True:
             try:
-                connection = self._connect()
+                connection = self._connect(link)
             except Exception as error:  # noqa: BLE001 - retried with backoff
                 with self._lock:
-                    self._attempts += 1
+                    link.attempts += 1
                     self._attempt_finished.notify_all()
-                logger.warning("Cannot reach Redis for pub/sub (%s); retrying", error)
+                logger.warning("Cannot reach Redis %s for pub/sub (%s); retrying", link.node, error)
+                if self._reroute(link):
+                    return
                 time.sleep(backoff * self._jitter.uniform(0.5, 1.0))
                 backoff = min(backoff * 2, BACKOFF_CAP)
                 continue
             backoff = BACKOFF_FIRST
             try:
-                self._read(connection)
+                self._read(link, connection)
             except Exception as error:  # noqa: BLE001 - the link is gone; reconnect
-                logger.warning("Redis pub/sub connection lost (%s); reconnecting", error)
+                logger.warning("Redis pub/sub link to %s lost (%s); reconnecting", link.node, error)
             finally:
                 with self._lock:
-                    if self._connection is connection:
-                        self._connection = None
+                    if link.connection is connection:
+                        link.connection = None
                 connection.disconnect()
+            if self._reroute(link):
+                return
 
-    def _connect(self) -> Any:
-        pool = self._pool
-        connection = pool.connection_class(
-            **{
-                **pool.connection_kwargs,
-                "socket_timeout": PING_INTERVAL * 3,
-                "retry": Retry(NoBackoff(), 0),
-            }
-        )
-        connection.connect()
+    def _reroute(self, link: _Link) -> bool:
+        """After a failure: move channels whose slot has a new owner; True if the link is done."""
+        if not self._router.sharded:
+            return False
+        try:
+            self._router.refresh()
+        except Exception as error:  # noqa: BLE001 - the cluster is still settling
+            logger.info("Cannot refresh the cluster's topology yet (%s)", error)
+            return False
         with self._lock:
-            self._connection = connection
-            self._attempts += 1
-            for name, channel in list(self._channels.items()):
+            for name in list(link.channels):
+                try:
+                    node = self._router.node_for(name)
+                except RedisError:
+                    continue
+                if node != link.node:
+                    self._move(name, node)
+            if link.channels:
+                return False
+            del self._links[link.node]
+            return True
+
+    def _connect(self, link: _Link) -> Any:
+        connection = self._router.connect(link.node)
+        with self._lock:
+            link.connection = connection
+            link.attempts += 1
+            for name in list(link.channels):
+                channel = self._channels[name]
                 channel.pending = 0
                 if not channel.subscribers:
-                    channel.ready.set()
-                    del self._channels[name]
-            self._send_subscribe(list(self._channels))
+                    self._forget(name)
+            self._send_subscribe(list(link.channels))
             self._attempt_finished.notify_all()
         return connection
 
-    def _read(self, connection: Any) -> None:
-        while self._connection is connection:
+    def _read(self, link: _Link, connection: Any) -> None:
+        while link.connection is connection:
             reply = connection.read_response(disconnect_on_error=False, push_request=True)
             if not isinstance(reply, list) or len(reply) != 3:
                 continue  # a PONG
             kind, name, body = reply
-            if kind == b"message":
-                self._dispatch(name.decode("utf-8", "replace"), body)
-            elif kind == b"subscribe":
-                self._subscribed(name.decode("utf-8", "replace"))
+            if kind in (b"message", b"smessage"):
+                self._dispatch(link, name.decode("utf-8", "replace"), body)
+            elif kind in (b"subscribe", b"ssubscribe"):
+                self._subscribed(link, name.decode("utf-8", "replace"))
+            elif kind == b"sunsubscribe":
+                self._unsubscribed(link, name.decode("utf-8", "replace"))
 
-    def _subscribed(self, name: str) -> None:
+    def _unsubscribed(self, link: _Link, name: str) -> None:
+        """A shard dropped a channel we still want: its slot moved (failover, resharding)."""
+        with self._lock:
+            channel = self._channels.get(name)
+            if channel is None or not channel.subscribers or channel.node != link.node:
+                return
+        logger.warning("Redis %s dropped shard channel %r; finding its new owner", link.node, name)
+        try:
+            self._router.refresh()
+            node = self._router.node_for(name)
+        except RedisError as error:
+            logger.warning("Cannot find the new owner of %r yet (%s)", name, error)
+            node = link.node
+        with self._lock:
+            if name in self._channels:
+                self._move(name, node)
+
+    def _subscribed(self, link: _Link, name: str) -> None:
         """Redis confirmed a SUBSCRIBE: learn the channel's position, or catch up."""
         with self._lock:
             channel = self._channels.get(name)
-            if channel is None:
+            if channel is None or channel.node != link.node:
                 return
             channel.pending -= 1
             if channel.pending > 0:
                 return
             if not channel.subscribers:
-                del self._channels[name]
-                channel.ready.set()
+                self._forget(name)
                 return
             since = channel.last
         if since is None:
@@ -440,9 +544,9 @@ class Hub:
             channel.last = channel.replayed_to = events[-1][0]
             logger.info("Replayed %d events of channel %r from history", len(events), name)
 
-    def _dispatch(self, name: str, payload: bytes) -> None:
+    def _dispatch(self, link: _Link, name: str, payload: bytes) -> None:
         channel = self._channels.get(name)
-        if channel is None or not channel.subscribers:
+        if channel is None or not channel.subscribers or channel.node != link.node:
             return
         delivery = Delivery.decode(name, payload)
         if delivery is None:
@@ -465,7 +569,7 @@ class Hub:
             subscription.deliver(delivery)
 
     def _maintain(self) -> None:
-        """Wake subscriptions that are due; PING Redis; report the counts."""
+        """Wake subscriptions that are due; PING each link; report the counts."""
         next_ping = time.monotonic() + PING_INTERVAL
         next_report = last_report = 0.0
         while True:
@@ -481,7 +585,8 @@ class Hub:
             if now >= next_ping:
                 next_ping = now + PING_INTERVAL
                 with self._lock:
-                    self._send(self._connection, "PING")
+                    for link in self._links.values():
+                        self._send(link, link.connection, "PING")
             if now >= next_report or (self._presence_changed and now >= last_report + SOON):
                 last_report, next_report = now, now + REFRESH
                 self._report_presence()

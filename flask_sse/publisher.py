@@ -11,8 +11,9 @@ from typing import Any
 
 from flask import json
 
-from .broker import history_for, redis_client
+from .broker import history_for, is_cluster, redis_client
 from .config import DEFAULTS, channel_problem, check_redis_url
+from .history import cluster_problem
 from .message import EventId, Message
 
 
@@ -64,13 +65,19 @@ class Publisher:
         """
         channel = self.default_channel if channel is None else channel
         problem = channel_problem(channel)
+        if not problem and is_cluster(self.redis_url):
+            problem = cluster_problem(channel)
         if problem:
             raise ValueError(f"Cannot publish: {problem}.")
         return self._send(channel, Message(data, type=type, id=id, retry=retry))
 
     def _send(self, channel: str, message: Message) -> int:
         if not self.history:
-            return int(redis_client(self.redis_url).publish(channel, json.dumps(message.to_dict())))
+            client = redis_client(self.redis_url)
+            payload = json.dumps(message.to_dict())
+            if is_cluster(self.redis_url):
+                return int(client.spublish(channel, payload))
+            return int(client.publish(channel, payload))
         message.id = None  # the history position becomes the id
         history = history_for(self.redis_url)
         _, receivers = history.publish(
