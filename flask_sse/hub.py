@@ -407,7 +407,11 @@ class Hub:
     def _move(self, name: str, node: str) -> None:
         """Carry channel ``name`` on ``node`` from now on (the cluster moved its slot)."""
         channel = self._channels[name]
-        self._links[channel.node].channels.discard(name)
+        old = self._links[channel.node]
+        old.channels.discard(name)
+        if not old.channels and old.node != node and old.connection is not None:
+            connection, old.connection = old.connection, None
+            connection.disconnect()  # its reader sees it and retires the idle link
         channel.node = node
         channel.pending = 0
         link = self._link(node)
@@ -464,7 +468,8 @@ class Hub:
                     self._move(name, node)
             if link.channels:
                 return False
-            del self._links[link.node]
+            if self._links.get(link.node) is link:
+                del self._links[link.node]
             return True
 
     def _connect(self, link: _Link) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import redis.cluster
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -123,6 +125,86 @@ def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@dataclass
+class RedisCluster:
+    """Three masters and three replicas on loopback ports, made with redis-cli."""
+
+    servers: list[RedisServer]
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.servers[0].port}"
+
+    def client(self) -> redis.cluster.RedisCluster:
+        return redis.cluster.RedisCluster(host="127.0.0.1", port=self.servers[0].port)
+
+    def nodes(self) -> list[dict[str, str]]:
+        """CLUSTER NODES as seen from any node that answers."""
+        for server in self.servers:
+            try:
+                with server.client() as client:
+                    table = client.execute_command("CLUSTER NODES")
+            except redis.ConnectionError:
+                continue
+            return [
+                {"id": node["node_id"], "addr": address, "flags": node["flags"],
+                 "master": node["master_id"]}
+                for address, node in table.items()
+            ]
+        raise AssertionError("no cluster node answers")
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (10,000 higher) is free too."""
+    for port in random.sample(range(20000, 55000), 200):
+        try:
+            with socket.socket() as first, socket.socket() as second:
+                first.bind(("127.0.0.1", port))
+                second.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+    raise AssertionError("no free pair of ports for a cluster node")
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    servers = []
+    for number in range(6):
+        folder = tmp_path / f"node{number}"
+        folder.mkdir()
+        arguments = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                     "--cluster-node-timeout", "1000", "--dir", str(folder), "--save", "",
+                     "--appendonly", "no"]
+        servers.append(RedisServer(free_cluster_port(), arguments))
+    cluster = RedisCluster(servers)
+    try:
+        for server in servers:
+            server.start()
+        addresses = [f"127.0.0.1:{server.port}" for server in servers]
+        subprocess.run(
+            [_need("redis-cli"), "--cluster", "create", *addresses, "--cluster-replicas", "1",
+             "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, timeout=60,
+        )
+
+        def ready() -> bool:
+            with servers[0].client() as client:
+                info = client.execute_command("CLUSTER INFO")
+            return info.get("cluster_state") == "ok" and len(
+                [node for node in cluster.nodes() if "master" in node["flags"]]
+            ) == 3
+
+        wait_for(ready, timeout=30, what="the cluster to settle")
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

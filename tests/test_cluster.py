@@ -1,0 +1,146 @@
+"""Redis Cluster: sharded pub/sub across every master, resume, and failover (real parts)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from flask_sse import Publisher
+
+from .conftest import Gunicorn, RedisCluster
+from .sse_client import StreamClient, wait_for
+from .test_integration import redis_ports_of
+
+pytestmark = pytest.mark.integration
+
+Start = Callable[..., Gunicorn]
+
+
+def channels_on_every_master(cluster: RedisCluster, per_master: int) -> dict[str, str]:
+    """Channel name -> the master that owns its slot, ``per_master`` on each."""
+    client = cluster.client()
+    chosen: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    number = 0
+    while len(chosen) < 3 * per_master:
+        name = f"room-{number}"
+        master = client.get_node_from_key(name).name
+        if counts.get(master, 0) < per_master:
+            chosen[name] = master
+            counts[master] = counts.get(master, 0) + 1
+        number += 1
+    client.close()
+    return chosen
+
+
+def opened(server: Gunicorn, query: str, last_event_id: str | None = None) -> StreamClient:
+    stream = StreamClient(server.port, f"/stream?{query}", {"Last-Event-ID": last_event_id} if last_event_id else {})
+    assert stream.status == 200, stream.body()
+    while stream.read_line() != "\n":
+        pass
+    return stream
+
+
+def test_delivery_and_resume_across_every_master(gunicorn: Start, redis_cluster: RedisCluster) -> None:
+    channels = channels_on_every_master(redis_cluster, per_master=2)
+    server = gunicorn(redis_cluster.url)
+    singles = {name: opened(server, f"channel={name}") for name in channels}
+    everything = "&".join(f"channel={name}" for name in channels)
+    together = opened(server, everything)
+    publisher = Publisher(redis_cluster.url)
+    for name in channels:
+        assert publisher.publish(f"to {name}", channel=name) == 1  # one process listens per shard
+    for name, stream in singles.items():
+        assert stream.next_event().data == f"to {name}"
+    seen = together.events(len(channels))
+    assert sorted(event.data for event in seen) == sorted(f"to {name}" for name in channels)
+    together.close()
+    for name in channels:
+        publisher.publish(f"again {name}", channel=name)
+    resumed = opened(server, everything, seen[-1].last_event_id)
+    assert sorted(event.data for event in resumed.events(len(channels))) == sorted(
+        f"again {name}" for name in channels
+    )
+    pid = server.worker_pid
+    held = {
+        node.port: len(redis_ports_of(pid, node.port)) for node in redis_cluster.servers
+    }
+    masters = {int(address.rsplit(":", 1)[1]) for address in channels.values()}
+    assert all(held[port] >= 1 for port in masters)  # a pub/sub link to every shard it needs
+    assert sum(held.values()) <= 2 * len(masters)  # and a command connection at most, each
+    print(f"cluster: the worker holds {sum(held.values())} Redis connections over {len(masters)} masters")
+    resumed.close()
+    for stream in singles.values():
+        stream.close()
+
+
+def test_failover_with_continuous_publishing_loses_nothing(
+    gunicorn: Start, redis_cluster: RedisCluster
+) -> None:
+    channels = channels_on_every_master(redis_cluster, per_master=2)
+    server = gunicorn(redis_cluster.url)
+    received: dict[str, list[list[str]]] = {name: [] for name in channels}
+    errors: list[BaseException] = []
+
+    def client(name: str) -> None:
+        try:
+            stream = opened(server, f"channel={name}")
+            data: list[str] = []
+            received[name].append(data)
+            while not data or data[-1] != "end":
+                data.append(stream.next_event().data)
+            stream.close()
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            errors.append(error)
+
+    threads = [threading.Thread(target=client, args=(name,), daemon=True) for name in channels for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: all(len(lists) == 3 for lists in received.values()), what="clients subscribed")
+    victim_master = next(iter(channels.values()))
+    nodes = redis_cluster.nodes()
+    victim_id = next(node["id"] for node in nodes if node["addr"] == victim_master)
+    replica_port = next(
+        int(node["addr"].rsplit(":", 1)[1]) for node in nodes if node["master"] == victim_id
+    )
+    publisher = Publisher(redis_cluster.url)
+    accepted: dict[str, list[str]] = {name: [] for name in channels}
+    refused = 0
+    names = list(channels)
+    for number in range(300):
+        name = names[number % len(names)]
+        if number == 100:  # promote the replica of the first channel's master
+            with redis.Redis(port=replica_port) as replica:
+                replica.execute_command("CLUSTER FAILOVER")
+        for attempt in range(200):
+            data = f"{number}:{attempt}"
+            try:
+                publisher.publish(data, channel=name)
+            except redis.RedisError:
+                refused += 1
+                time.sleep(0.05)  # the publisher's own retry pause during the failover
+                continue
+            accepted[name].append(data)
+            break
+        time.sleep(0.005)
+    wait_for(lambda: any(node["addr"] == f"127.0.0.1:{replica_port}" and "master" in node["flags"]
+                         for node in redis_cluster.nodes()), what="the replica to be master")
+    for name in names:
+        publisher.publish("end", channel=name)
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors[0]
+    lost = duplicated = 0
+    for name, lists in received.items():
+        for data in lists:
+            lost += len(set(accepted[name]) - set(data))
+            duplicated += len(data) - len(set(data))
+            numbers = [int(item.split(":")[0]) for item in data[:-1]]
+            assert numbers == sorted(numbers)
+    print(f"cluster failover: 300 events, {refused} refused while failing over, "
+          f"{len(threads)} clients: {lost} lost, {duplicated} twice")
+    assert (lost, duplicated) == (0, 0)
