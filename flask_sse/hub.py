@@ -539,7 +539,9 @@ class Hub:
         """Dispatch what history holds after ``since``: published while we were away."""
         events, gap = self._history.after(name, since)
         if gap:
-            logger.warning("History of channel %r no longer holds all it missed", name)
+            logger.warning(
+                "History of channel %r no longer holds all it missed after %s-%s", name, *since
+            )
             self._fan_out(channel, Delivery.reset(name))
         for _, payload in events:
             delivery = Delivery.decode(name, payload)

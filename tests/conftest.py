@@ -180,7 +180,9 @@ def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
         folder = tmp_path / f"node{number}"
         folder.mkdir()
         arguments = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                     "--cluster-node-timeout", "1000", "--dir", str(folder), "--save", "",
+                     "--cluster-node-timeout", "1000", "--cluster-replica-validity-factor", "0",
+                     "--repl-diskless-sync-delay", "0",
+                     "--dir", str(folder), "--save", "",
                      "--appendonly", "no"]
         servers.append(RedisServer(free_cluster_port(), arguments))
     cluster = RedisCluster(servers)
@@ -197,9 +199,15 @@ def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
         def ready() -> bool:
             with servers[0].client() as client:
                 info = client.execute_command("CLUSTER INFO")
-            return info.get("cluster_state") == "ok" and len(
-                [node for node in cluster.nodes() if "master" in node["flags"]]
-            ) == 3
+            replicas = [node for node in cluster.nodes() if "slave" in node["flags"]]
+            if info.get("cluster_state") != "ok" or len(replicas) != 3:
+                return False
+            for replica in replicas:  # in sync with their masters, so a failover keeps the data
+                port = int(replica["addr"].rsplit(":", 1)[1])
+                with redis.Redis(port=port) as client:
+                    if client.info("replication").get("master_link_status") != "up":
+                        return False
+            return True
 
         wait_for(ready, timeout=30, what="the cluster to settle")
         yield cluster

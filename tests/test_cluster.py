@@ -78,8 +78,9 @@ def test_delivery_and_resume_across_every_master(gunicorn: Start, redis_cluster:
         stream.close()
 
 
+@pytest.mark.parametrize("fault", ["CLUSTER FAILOVER", "SIGKILL the master"])
 def test_failover_with_continuous_publishing_loses_nothing(
-    gunicorn: Start, redis_cluster: RedisCluster
+    gunicorn: Start, redis_cluster: RedisCluster, fault: str
 ) -> None:
     channels = channels_on_every_master(redis_cluster, per_master=2)
     server = gunicorn(redis_cluster.url)
@@ -113,9 +114,13 @@ def test_failover_with_continuous_publishing_loses_nothing(
     names = list(channels)
     for number in range(300):
         name = names[number % len(names)]
-        if number == 100:  # promote the replica of the first channel's master
+        if number == 100 and fault == "CLUSTER FAILOVER":  # promote the first channel's replica
             with redis.Redis(port=replica_port) as replica:
                 replica.execute_command("CLUSTER FAILOVER")
+        elif number == 100:  # the master dies; the cluster promotes its replica
+            victim = next(node for node in redis_cluster.servers if f"127.0.0.1:{node.port}" == victim_master)
+            assert victim.process is not None
+            victim.process.kill()
         for attempt in range(200):
             data = f"{number}:{attempt}"
             try:
@@ -134,13 +139,18 @@ def test_failover_with_continuous_publishing_loses_nothing(
     for thread in threads:
         thread.join(60)
     assert not errors, errors[0]
-    lost = duplicated = 0
+    lost = duplicated = resets = 0
     for name, lists in received.items():
         for data in lists:
-            lost += len(set(accepted[name]) - set(data))
-            duplicated += len(data) - len(set(data))
-            numbers = [int(item.split(":")[0]) for item in data[:-1]]
+            resets += sum(item.startswith('{"channel"') for item in data)
+            events = [item for item in data[:-1] if not item.startswith('{"channel"')]
+            lost += len(set(accepted[name]) - set(events))
+            duplicated += len(events) - len(set(events))
+            numbers = [int(item.split(":")[0]) for item in events]
             assert numbers == sorted(numbers)
-    print(f"cluster failover: 300 events, {refused} refused while failing over, "
-          f"{len(threads)} clients: {lost} lost, {duplicated} twice")
-    assert (lost, duplicated) == (0, 0)
+    print(f"cluster, {fault}: 300 events, {refused} publishes refused while failing over, "
+          f"{len(threads)} clients: {lost} lost, {duplicated} twice, {resets} reset events")
+    # A killed master could take the last entries its replica had not received
+    # yet (asynchronous replication): clients would then get a reset event.
+    # With the replicas in sync, as here, nothing is lost and history stays whole.
+    assert (lost, duplicated, resets) == (0, 0, 0)
