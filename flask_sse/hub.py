@@ -1,6 +1,7 @@
 """The per-process fan-out: ONE Redis pub/sub connection for every client.
 
-A reader thread owns the pub/sub connection. It decodes and encodes each
+(One per shard with subscribers on Redis Cluster: see ``routing.py``.) A
+reader thread owns each pub/sub connection. It decodes and encodes each
 message once and hands the same :class:`Delivery` to every local
 subscriber's bounded queue. Channels are subscribed on Redis when their first
 local subscriber arrives and unsubscribed after the last one leaves
