@@ -342,11 +342,6 @@ class Hub:
         with self._lock:
             return [name for name, channel in self._channels.items() if channel.subscribers]
 
-    def links(self) -> list[str]:
-        """The Redis servers this hub holds a pub/sub connection to."""
-        with self._lock:
-            return [node for node, link in self._links.items() if link.connection is not None]
-
     # -- links and channels, under _lock ---------------------------------------
 
     def _start(self) -> None:
