@@ -19,7 +19,7 @@ from flask.blueprints import BlueprintSetupState
 from . import access, cli, presence, signals
 from .broker import history_for, hub_for, is_cluster, redis_client
 from .config import SSEConfig, channel_problem, load_config
-from .history import Position, cluster_problem
+from .history import Position
 from .hub import Hub, HubUnavailable, Subscription
 from .message import EventId
 from .publisher import Publisher
@@ -227,9 +227,7 @@ def _read_request(config: SSEConfig) -> tuple[tuple[str, ...], dict[str, Positio
         if len(args.getlist(name)) > 1:
             raise _Refused(400, f"Give {name!r} once, not {len(args.getlist(name))} times.")
     channels = tuple(dict.fromkeys(args.getlist("channel"))) or (config.default_channel,)
-    problem = _channels_problem(channels, config.max_channels)
-    if not problem and is_cluster(config.redis_url):
-        problem = next(filter(None, map(cluster_problem, channels)), None)
+    problem = _channels_problem(channels, config.max_channels, is_cluster(config.redis_url))
     if problem:
         raise _Refused(400, problem)
     private = [name for name in channels if name.startswith(config.private_prefix)]
@@ -255,14 +253,14 @@ def _is_chunked(environ: dict[str, Any]) -> bool:
     return "gunicorn.socket" in environ and environ.get("SERVER_PROTOCOL") == "HTTP/1.1"
 
 
-def _channels_problem(channels: tuple[str, ...], max_channels: int) -> str | None:
+def _channels_problem(channels: tuple[str, ...], max_channels: int, cluster: bool) -> str | None:
     if len(channels) > max_channels:
         return (
             f"Too many channels: {len(channels)} asked for, at most {max_channels} "
             "per connection (SSE_MAX_CHANNELS)."
         )
     for channel in channels:
-        problem = channel_problem(channel)
+        problem = channel_problem(channel, cluster=cluster)
         if problem:
             return f"Bad channel: {problem}."
     return None

@@ -12,6 +12,8 @@ from typing import Any
 
 from flask.sansio.app import App
 
+from .history import hash_tag
+
 #: Defaults, written into ``app.config`` with ``setdefault``.
 DEFAULTS: dict[str, Any] = {
     #: Seconds of silence after which a ``:`` comment keeps the stream (and
@@ -89,11 +91,13 @@ def load_config(app: App) -> SSEConfig:
     )
 
 
-def channel_problem(channel: object) -> str | None:
+def channel_problem(channel: object, *, cluster: bool = False) -> str | None:
     """What is wrong with a channel name, or ``None`` if it is usable.
 
     Shared by the stream view (which answers 400) and publishing (which
     raises), so nothing can be published to a channel nobody may open.
+    ``cluster``: the name must also let its history live in its own Redis
+    Cluster slot (see ``history.history_key``).
     """
     if not isinstance(channel, str):
         return f"a channel name must be a str, got {channel!r}"
@@ -106,6 +110,11 @@ def channel_problem(channel: object) -> str | None:
         )
     if any(unicodedata.category(char) in ("Cc", "Cs") for char in channel):
         return f"a channel name must not contain control characters, got {channel!r}"
+    if cluster and "}" in channel and hash_tag(channel) == channel:
+        return (
+            "on Redis Cluster a channel name with '}' needs a hash tag ('{...}') before it, "
+            f"got {channel!r}"
+        )
     return None
 
 

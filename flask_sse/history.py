@@ -76,16 +76,6 @@ def hash_tag(name: str) -> str:
     return name
 
 
-def cluster_problem(channel: str) -> str | None:
-    """Why ``channel`` cannot have its history in its own cluster slot, or ``None``."""
-    if "}" in channel and hash_tag(channel) == channel:
-        return (
-            "on Redis Cluster a channel name with '}' needs a hash tag ('{...}') before it, "
-            f"got {channel!r}"
-        )
-    return None
-
-
 def parse_position(text: object) -> Position | None:
     """``"1700000000000-3"`` as ``(1700000000000, 3)``; anything else ``None``."""
     if isinstance(text, str):

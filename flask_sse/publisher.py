@@ -13,7 +13,6 @@ from flask import json
 
 from .broker import history_for, is_cluster, redis_client
 from .config import DEFAULTS, channel_problem, check_redis_url
-from .history import cluster_problem
 from .message import EventId, Message
 
 
@@ -64,9 +63,7 @@ class Publisher:
         never dropped silently.
         """
         channel = self.default_channel if channel is None else channel
-        problem = channel_problem(channel)
-        if not problem and is_cluster(self.redis_url):
-            problem = cluster_problem(channel)
+        problem = channel_problem(channel, cluster=is_cluster(self.redis_url))
         if problem:
             raise ValueError(f"Cannot publish: {problem}.")
         return self._send(channel, Message(data, type=type, id=id, retry=retry))

@@ -86,3 +86,15 @@ def test_publisher_refuses_a_bad_url_or_channel() -> None:
         Publisher("localhost:6379")
     with pytest.raises(ValueError, match="must not be empty"):
         Publisher("memory://", default_channel="")
+
+
+@pytest.mark.parametrize(
+    ("channel", "on_cluster"),
+    [("news", None), ("user{42}", None), ("a{b}c}", None), ("a}b", "needs a hash tag"), ("{}x}", "needs a hash tag")],
+)
+def test_a_cluster_needs_a_hash_tag_before_any_closing_brace(channel: str, on_cluster: str | None) -> None:
+    from flask_sse.config import channel_problem
+
+    assert channel_problem(channel) is None
+    problem = channel_problem(channel, cluster=True)
+    assert (problem is None) if on_cluster is None else (on_cluster in str(problem))
