@@ -297,7 +297,7 @@ class Hub:
             if subscription in self._subscriptions:
                 del self._subscriptions[subscription]
                 self._presence_changed = True
-            vacated = []
+            vacated: dict[str, list[str]] = {}  # by node
             for name in subscription.channels:
                 channel = self._channels.get(name)
                 if channel is None or subscription not in channel.subscribers:
@@ -305,13 +305,13 @@ class Hub:
                 del channel.subscribers[subscription]
                 channel.fanout = None
                 if not channel.subscribers:
-                    vacated.append(name)
+                    vacated.setdefault(channel.node, []).append(name)
                     channel.last = channel.replayed_to = None
-                    link = self._links[channel.node]
-                    self._send_each(link, self._router.unsubscribe_command, [name])
                     if not channel.pending:
                         self._forget(name)
-        return vacated
+            for node, names in vacated.items():
+                self._send_each(self._links[node], self._router.unsubscribe_command, names)
+        return [name for names in vacated.values() for name in names]
 
     def positions(self, channels: Iterable[str]) -> dict[str, Position]:
         """Each channel's newest history position as this hub has seen it."""
@@ -449,24 +449,33 @@ class Hub:
         """After a failure: move channels whose slot has a new owner; True if the link is done."""
         if not self._router.sharded:
             return False
+        with self._lock:
+            names = list(link.channels)
         try:
-            self._router.refresh()
+            owners = self._owners(names)
         except Exception as error:  # noqa: BLE001 - the cluster is still settling
             logger.info("Cannot refresh the cluster's topology yet (%s)", error)
             return False
         with self._lock:
-            for name in list(link.channels):
-                try:
-                    node = self._router.node_for(name)
-                except RedisError:
-                    continue
-                if node != link.node:
+            for name, node in owners.items():
+                if name in link.channels and node != link.node:
                     self._move(name, node)
             if link.channels:
                 return False
             if self._links.get(link.node) is link:
                 del self._links[link.node]
             return True
+
+    def _owners(self, names: list[str]) -> dict[str, str]:
+        """Learn the cluster's topology again; the owner of each of ``names`` it knows."""
+        self._router.refresh()
+        owners = {}
+        for name in names:
+            try:
+                owners[name] = self._router.node_for(name)
+            except RedisError:
+                continue  # its slot has no master yet: the next failure retries
+        return owners
 
     def _connect(self, link: _Link) -> Any:
         connection = self._router.connect(link.node)
@@ -503,9 +512,8 @@ class Hub:
                 return
         logger.warning("Redis %s dropped shard channel %r; finding its new owner", link.node, name)
         try:
-            self._router.refresh()
-            node = self._router.node_for(name)
-        except RedisError as error:
+            node = self._owners([name]).get(name, link.node)
+        except RedisError as error:  # anything else drops the link, which then reroutes
             logger.warning("Cannot find the new owner of %r yet (%s)", name, error)
             node = link.node
         with self._lock:
