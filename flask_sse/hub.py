@@ -52,6 +52,10 @@ READ_TIMEOUT = PING_INTERVAL * 3
 #: Seconds between looks for subscriptions whose ``due`` time has passed.
 TICK = 0.25
 #: Reconnection backoff: first wait and cap, in seconds (with jitter).
+#: After a shard drops a channel: how long to wait for the topology to name
+#: its new owner, and how often to ask.
+OWNER_WAIT = 10.0
+OWNER_POLL = 0.1
 BACKOFF_FIRST = 0.05
 BACKOFF_CAP = 2.0
 
@@ -511,11 +515,20 @@ class Hub:
             if channel is None or not channel.subscribers or channel.node != link.node:
                 return
         logger.warning("Redis %s dropped shard channel %r; finding its new owner", link.node, name)
-        try:
-            node = self._owners([name]).get(name, link.node)
-        except RedisError as error:  # anything else drops the link, which then reroutes
-            logger.warning("Cannot find the new owner of %r yet (%s)", name, error)
-            node = link.node
+        # The shard knows it no longer owns the slot before every node does: a
+        # topology read from a slower node may still name it, and a demoted
+        # master accepts SSUBSCRIBE but delivers nothing. So ask until another
+        # owner is named (bounded: past it, subscribe where the cluster says).
+        deadline = time.monotonic() + OWNER_WAIT
+        while True:
+            try:
+                node = self._owners([name]).get(name, link.node)
+            except RedisError as error:  # anything else drops the link, which then reroutes
+                logger.warning("Cannot find the new owner of %r yet (%s)", name, error)
+                node = link.node
+            if node != link.node or time.monotonic() >= deadline:
+                break
+            time.sleep(OWNER_POLL)
         with self._lock:
             if name in self._channels:
                 self._move(name, node)
