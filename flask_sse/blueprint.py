@@ -17,13 +17,13 @@ from flask import Blueprint, Response, current_app, has_app_context, jsonify, re
 from flask.blueprints import BlueprintSetupState
 
 from . import access, cli, presence, signals
-from .broker import history_for, hub_for, is_cluster, redis_client
+from .broker import hub_for, is_cluster, redis_client
 from .config import SSEConfig, channel_problem, load_config
 from .history import Position
 from .hub import Hub, HubUnavailable, Subscription
 from .message import EventId
 from .publisher import Publisher
-from .stream import event_stream, hang_up, parse_last_event_id
+from .stream import hang_up, open_stream, parse_last_event_id
 
 #: Seconds a client is asked to wait after a 503.
 RETRY_AFTER_SECONDS = 5
@@ -113,22 +113,15 @@ class ServerSentEventsBlueprint(Blueprint):
                 f"This server holds its limit of {config.max_connections} streams "
                 "(SSE_MAX_CONNECTIONS)."
             )
+        client = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
         try:
-            subscription = hub.subscribe(channels, config.queue_size)
+            hub, subscription, body = open_stream(
+                config, channels, resume, client, _is_chunked(request.environ)
+            )
         except HubUnavailable as error:
             return _unavailable(f"The event broker is unavailable: {error}.")
-        client = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
         if client is not None:
             subscription.on_overflow = partial(hang_up, client)
-        body = event_stream(
-            subscription,
-            config,
-            history_for(config.redis_url) if config.history else None,
-            resume or hub.positions(channels),
-            resume is not None,
-            client,
-            chunked=_is_chunked(request.environ),
-        )
         response = Response(
             body,
             content_type="text/event-stream",

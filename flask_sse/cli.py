@@ -15,11 +15,11 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from . import presence
-from .broker import history_for, hub_for, redis_client
+from .broker import history_for, is_cluster, redis_client
 from .config import channel_problem
 from .hub import HubUnavailable
 from .message import read_wire
-from .stream import KEEPALIVE, event_stream, parse_last_event_id
+from .stream import KEEPALIVE, open_stream, parse_last_event_id
 
 
 def _state() -> Any:
@@ -66,7 +66,7 @@ def listen_command(
     config = _state().config
     channels = tuple(dict.fromkeys(channels))
     for channel in channels:
-        problem = channel_problem(channel)
+        problem = channel_problem(channel, cluster=is_cluster(config.redis_url))
         if problem:
             raise click.BadParameter(problem, param_hint="CHANNELS")
     resume = None
@@ -75,14 +75,10 @@ def listen_command(
             resume = parse_last_event_id(last_event_id, channels)
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--last-event-id") from None
-    hub = hub_for(config.redis_url)
     try:
-        subscription = hub.subscribe(channels, config.queue_size)
+        hub, subscription, body = open_stream(config, channels, resume)
     except HubUnavailable as error:
         raise click.ClickException(f"Cannot listen: {error}.") from None
-    history = history_for(config.redis_url) if config.history else None
-    positions = resume or hub.positions(channels)
-    body = event_stream(subscription, config, history, positions, resume is not None, None)
     seen = 0
     try:
         for chunk in body:

@@ -27,9 +27,10 @@ from typing import Any
 
 import redis
 
+from .broker import history_for, hub_for
 from .config import SSEConfig
 from .history import History, Position, format_position, parse_position
-from .hub import Delivery, Subscription
+from .hub import Delivery, Hub, Subscription
 
 logger = logging.getLogger("flask_sse")
 
@@ -66,6 +67,28 @@ def parse_last_event_id(text: str, channels: tuple[str, ...]) -> dict[str, Posit
 
 def format_last_event_id(channels: tuple[str, ...], positions: dict[str, Position]) -> str:
     return ",".join(format_position(positions[channel]) for channel in channels)
+
+
+def open_stream(
+    config: SSEConfig,
+    channels: tuple[str, ...],
+    resume: dict[str, Position] | None,
+    client: Any = None,
+    chunked: bool = False,
+) -> tuple[Hub, Subscription, Generator[bytes, None, None]]:
+    """Subscribe ``channels`` on this process's hub and make the stream's body.
+
+    ``resume``: the positions of a ``Last-Event-ID`` to replay after, or
+    ``None`` to start from now. Raises :class:`HubUnavailable` when Redis
+    cannot be reached. The caller unsubscribes when the body is done.
+    """
+    hub = hub_for(config.redis_url)
+    subscription = hub.subscribe(channels, config.queue_size)
+    history = history_for(config.redis_url) if config.history else None
+    positions = resume or hub.positions(channels)
+    resuming = resume is not None
+    body = event_stream(subscription, config, history, positions, resuming, client, chunked)
+    return hub, subscription, body
 
 
 def event_stream(
