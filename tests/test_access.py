@@ -17,10 +17,9 @@ SECRET = "test secret"
 
 
 @pytest.fixture
-def private_app(memory_url: str) -> Flask:
-    app = Flask(__name__)
-    app.config.update(SECRET_KEY=SECRET, SSE_REDIS_URL=memory_url, SSE_KEEPALIVE=0.2)
-    app.register_blueprint(sse, url_prefix="/stream")
+def private_app(app: Flask) -> Flask:
+    """The shared ``app`` fixture with a key to sign tokens (read per request)."""
+    app.config["SECRET_KEY"] = SECRET
     return app
 
 
