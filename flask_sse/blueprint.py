@@ -8,36 +8,30 @@ read and validated then, and the app's state is kept in
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl
 
-from flask import Blueprint, Response, current_app, has_app_context, jsonify, request, url_for
+from flask import Blueprint, current_app, jsonify, request, url_for
 from flask.blueprints import BlueprintSetupState
 
 from . import access, cli, presence, signals
-from .broker import hub_for, is_cluster, redis_client
 from .config import SSEConfig, channel_problem, load_config
 from .history import Position
-from .hub import Hub, HubUnavailable, Subscription
+from .hub import Hub, HubUnavailable
 from .message import EventId
 from .publisher import Publisher
-from .stream import hang_up, open_stream, parse_last_event_id
+from .registry import hub_for, is_cluster, redis_client
+from .state import SSEState, app_state
+from .stream import open_stream, parse_last_event_id
+from .subscription import Subscription
+from .transport import EventStreamResponse, Transport
 
 #: Seconds a client is asked to wait after a 503.
 RETRY_AFTER_SECONDS = 5
 #: Longest query string a stream request may have (16 channels of 200
 #: characters and a token for them fit well within it).
 MAX_QUERY_STRING = 32768
-
-
-@dataclass(frozen=True)
-class SSEState:
-    """What one app needs to stream and publish: ``app.extensions["sse"]``."""
-
-    config: SSEConfig
-    publisher: Publisher
 
 
 class ServerSentEventsBlueprint(Blueprint):
@@ -75,7 +69,7 @@ class ServerSentEventsBlueprint(Blueprint):
 
         Returns how many worker processes were subscribed to the channel.
         """
-        publisher = _app_state("sse.publish").publisher
+        publisher = app_state("sse.publish").publisher
         return publisher.publish(data, type=type, id=id, retry=retry, channel=channel)
 
     def token_for(self, channels: str | Iterable[str], expires_in: float = 3600) -> str:
@@ -84,7 +78,7 @@ class ServerSentEventsBlueprint(Blueprint):
         Pass it as the stream's ``token`` parameter, or use :meth:`stream_url`.
         Signed with ``SECRET_KEY``; valid on every SSE blueprint of the app.
         """
-        _app_state("sse.token_for")
+        app_state("sse.token_for")
         names = [channels] if isinstance(channels, str) else list(channels)
         for name in names:
             problem = channel_problem(name)
@@ -94,7 +88,7 @@ class ServerSentEventsBlueprint(Blueprint):
 
     def stream_url(self, *channels: str, expires_in: float = 3600, **values: Any) -> str:
         """The stream's URL for ``channels``, with a token when any of them is private."""
-        config = _app_state("sse.stream_url").config
+        config = app_state("sse.stream_url").config
         private = [name for name in channels if name.startswith(config.private_prefix)]
         if private:
             values["token"] = self.token_for(private, expires_in)
@@ -102,7 +96,7 @@ class ServerSentEventsBlueprint(Blueprint):
 
     def stream(self) -> Any:
         """``GET ?channel=a&channel=b``: the event stream of those channels."""
-        config = _app_state("the stream view").config
+        config = app_state("the stream view").config
         try:
             channels, resume = _read_request(config)
         except _Refused as refused:
@@ -113,24 +107,19 @@ class ServerSentEventsBlueprint(Blueprint):
                 f"This server holds its limit of {config.max_connections} streams "
                 "(SSE_MAX_CONNECTIONS)."
             )
-        client = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+        transport = Transport.from_environ(request.environ)
         try:
-            hub, subscription, body = open_stream(
-                config, channels, resume, client, _is_chunked(request.environ)
-            )
+            hub, subscription, occupied, body = open_stream(config, channels, resume, transport)
         except HubUnavailable as error:
             return _unavailable(f"The event broker is unavailable: {error}.")
-        if client is not None:
-            subscription.on_overflow = partial(hang_up, client)
-        response = Response(
-            body,
-            content_type="text/event-stream",
+        response = EventStreamResponse(
+            body, transport, config.direct_write,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
         app = current_app._get_current_object()  # type: ignore[attr-defined]
         response.call_on_close(partial(_closed, app, hub, subscription))
         signals.stream_opened.send(app, channels=channels)
-        for channel in subscription.occupied:
+        for channel in occupied:
             signals.channel_occupied.send(app, channel=channel)
         return response
 
@@ -140,7 +129,7 @@ class ServerSentEventsBlueprint(Blueprint):
         Each worker reports its counts within about a second of a change, so
         the figure trails by that much (see ``flask_sse/presence.py``).
         """
-        redis_url = _app_state("sse.subscriber_count").config.redis_url
+        redis_url = app_state("sse.subscriber_count").config.redis_url
         return presence.count(redis_client(redis_url), channel)
 
 
@@ -152,7 +141,7 @@ def send_event(
     retry: int | None = None,
 ) -> int:
     """Publish ``data`` as an event of type ``event`` (the original helper)."""
-    publisher = _app_state("send_event").publisher
+    publisher = app_state("send_event").publisher
     return publisher.publish(data, type=event, id=id, retry=retry, channel=channel)
 
 
@@ -171,22 +160,6 @@ def _init_app(setup: BlueprintSetupState) -> None:
             "registered on this app. Set app.config before the first "
             "app.register_blueprint(...) call."
         )
-
-
-def _app_state(caller: str) -> SSEState:
-    if not has_app_context():
-        raise RuntimeError(
-            f"{caller!r} can only be used inside an application context (in a view, "
-            "or under 'with app.app_context():'). Outside Flask, use "
-            "flask_sse.Publisher(redis_url).publish(...)."
-        )
-    state: SSEState | None = current_app.extensions.get("sse")
-    if state is None:
-        raise RuntimeError(
-            f"{caller!r} can only be used once a server-sent events blueprint is "
-            "registered on the app: app.register_blueprint(sse, url_prefix='/stream')."
-        )
-    return state
 
 
 def _closed(app: Any, hub: Hub, subscription: Subscription) -> None:
@@ -239,11 +212,6 @@ def _read_request(config: SSEConfig) -> tuple[tuple[str, ...], dict[str, Positio
 
 def _unavailable(message: str) -> Any:
     return jsonify(error=message), 503, {"Retry-After": str(RETRY_AFTER_SECONDS)}
-
-
-def _is_chunked(environ: dict[str, Any]) -> bool:
-    """Whether gunicorn frames this streamed response as HTTP/1.1 chunks."""
-    return "gunicorn.socket" in environ and environ.get("SERVER_PROTOCOL") == "HTTP/1.1"
 
 
 def _channels_problem(channels: tuple[str, ...], max_channels: int, cluster: bool) -> str | None:

@@ -15,18 +15,19 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from . import presence
-from .broker import history_for, is_cluster, redis_client
 from .config import channel_problem
 from .hub import HubUnavailable
 from .message import read_wire
+from .registry import history_for, is_cluster, redis_client
+from .state import SSEState, app_state
 from .stream import KEEPALIVE, open_stream, parse_last_event_id
 
 
-def _state() -> Any:
-    state = current_app.extensions.get("sse")
-    if state is None:  # the commands come with the blueprint, so this is a broken setup
-        raise click.ClickException("No server-sent events blueprint is registered on this app.")
-    return state
+def _state() -> SSEState:
+    try:
+        return app_state("flask sse", current_app._get_current_object())  # type: ignore[attr-defined]
+    except RuntimeError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @click.command("publish")
@@ -76,7 +77,7 @@ def listen_command(
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--last-event-id") from None
     try:
-        hub, subscription, body = open_stream(config, channels, resume)
+        hub, subscription, _, body = open_stream(config, channels, resume)
     except HubUnavailable as error:
         raise click.ClickException(f"Cannot listen: {error}.") from None
     seen = 0

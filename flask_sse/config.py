@@ -39,6 +39,12 @@ DEFAULTS: dict[str, Any] = {
     "SSE_PRIVATE_PREFIX": "private-",
     #: Open streams one process serves before answering 503 (0: no limit).
     "SSE_MAX_CONNECTIONS": 0,
+    #: Under ``gunicorn -k gevent``, write events straight to an idle
+    #: stream's socket when nothing transforms the body (see ``transport.py``).
+    "SSE_DIRECT_WRITE": True,
+    #: End every stream cleanly on SIGTERM (gunicorn's graceful stop), so the
+    #: worker exits at once and browsers resume elsewhere.
+    "SSE_END_STREAMS_ON_SIGTERM": True,
 }
 
 #: Longest channel name a client may ask for.
@@ -64,6 +70,8 @@ class SSEConfig:
     max_age: float
     private_prefix: str
     max_connections: int
+    direct_write: bool
+    end_streams_on_sigterm: bool
 
 
 def load_config(app: App) -> SSEConfig:
@@ -88,6 +96,8 @@ def load_config(app: App) -> SSEConfig:
         max_age=_number(config, "SSE_MAX_AGE", minimum=0),
         private_prefix=_prefix(config, "SSE_PRIVATE_PREFIX"),
         max_connections=_integer(config, "SSE_MAX_CONNECTIONS", minimum=0),
+        direct_write=_boolean(config, "SSE_DIRECT_WRITE"),
+        end_streams_on_sigterm=_boolean(config, "SSE_END_STREAMS_ON_SIGTERM"),
     )
 
 
@@ -161,6 +171,16 @@ def _number(config: Any, key: str, *, minimum: float) -> float:
             f"for example app.config[{key!r}] = {DEFAULTS[key]!r}."
         )
     return float(value)
+
+
+def _boolean(config: Any, key: str) -> bool:
+    value = config[key]
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"{key} must be True or False, got {value!r}: "
+            f"for example app.config[{key!r}] = {DEFAULTS[key]!r}."
+        )
+    return value
 
 
 def _integer(config: Any, key: str, *, minimum: int) -> int:

@@ -6,13 +6,18 @@ channel -> open streams) with an expiry, and lists itself in the sorted set
 hashes of the hubs that reported lately, so a killed worker's counts vanish
 within ``TTL`` seconds. Hubs report about once a second while their counts
 change and every ``REFRESH`` seconds otherwise: a handful of commands per
-worker per second, whatever the number of streams.
+worker per second, whatever the number of streams. The reports go out from
+a thread of their own (:class:`Reporter`), the only one that waits on Redis
+for them, so a slow Redis never delays a keepalive.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -24,6 +29,8 @@ REFRESH = 5.0
 #: Seconds between reports while counts change.
 SOON = 1.0
 _REGISTRY = "sse:presence"
+
+logger = logging.getLogger("flask_sse")
 
 
 class Presence:
@@ -43,6 +50,60 @@ class Presence:
             pipe.execute()
         self._client.zadd(_REGISTRY, {self._key: now})
         self._client.zremrangebyscore(_REGISTRY, 0, now - TTL)
+
+
+class Reporter:
+    """The cadence of one hub's reports: a thread that writes ``counts()`` to Redis.
+
+    :meth:`changed` asks for a report soon (at most one per ``SOON``);
+    without changes the counts are written again every ``REFRESH`` to keep
+    them alive. ``counts`` is called from this thread.
+    """
+
+    def __init__(self, presence: Presence, counts: Callable[[], dict[str, int]]) -> None:
+        self._presence = presence
+        self._counts = counts
+        self._condition = threading.Condition()  # guards _changed, _stopped and _thread
+        self._changed = False
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        with self._condition:
+            if self._thread is None and not self._stopped:
+                self._thread = threading.Thread(
+                    target=self._run, name="flask-sse-presence", daemon=True
+                )
+                self._thread.start()
+
+    def changed(self) -> None:
+        with self._condition:
+            self._changed = True
+            self._condition.notify()
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._condition:
+            self._stopped = True
+            self._condition.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        condition = self._condition
+        while True:
+            with condition:
+                condition.wait_for(lambda: self._changed or self._stopped, timeout=REFRESH)
+                if self._stopped:
+                    return
+                self._changed = False
+            try:
+                self._presence.report(self._counts())
+            except redis.RedisError as error:
+                logger.info("Could not report subscriber counts (%s)", error)
+            with condition:  # at most one report per SOON
+                if condition.wait_for(lambda: self._stopped, timeout=SOON):
+                    return
 
 
 def totals(client: redis.Redis) -> dict[str, int]:

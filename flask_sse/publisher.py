@@ -11,9 +11,9 @@ from typing import Any
 
 from flask import json
 
-from .broker import history_for, is_cluster, redis_client
 from .config import DEFAULTS, channel_problem, check_redis_url
 from .message import EventId, Message
+from .registry import history_for, is_cluster, redis_client
 
 
 class Publisher:

@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import select
-import socket
-import ssl
 import time
 from collections.abc import Generator
-from typing import Any
 
 import redis
 
-from .broker import history_for, hub_for
+from . import registry
 from .config import SSEConfig
+from .delivery import Delivery
 from .history import History, Position, format_position, parse_position
-from .hub import Delivery, Hub, Subscription
+from .hub import Hub
+from .subscription import CloseReason, Subscription
+from .transport import Transport
 
 logger = logging.getLogger("flask_sse")
 
@@ -73,22 +71,26 @@ def open_stream(
     config: SSEConfig,
     channels: tuple[str, ...],
     resume: dict[str, Position] | None,
-    client: Any = None,
-    chunked: bool = False,
-) -> tuple[Hub, Subscription, Generator[bytes, None, None]]:
+    transport: Transport | None = None,
+) -> tuple[Hub, Subscription, tuple[str, ...], Generator[bytes, None, None]]:
     """Subscribe ``channels`` on this process's hub and make the stream's body.
 
     ``resume``: the positions of a ``Last-Event-ID`` to replay after, or
-    ``None`` to start from now. Raises :class:`HubUnavailable` when Redis
-    cannot be reached. The caller unsubscribes when the body is done.
+    ``None`` to start from now. Returns the hub, the subscription, the
+    channels it brought to this process, and the body. Raises
+    :class:`~flask_sse.hub.HubUnavailable` when Redis cannot be reached.
+    The caller unsubscribes when the body is done.
     """
-    hub = hub_for(config.redis_url)
-    subscription = hub.subscribe(channels, config.queue_size)
-    history = history_for(config.redis_url) if config.history else None
+    transport = transport or Transport(None)
+    if config.end_streams_on_sigterm:
+        registry.end_streams_on_sigterm()
+    hub = registry.hub_for(config.redis_url)
+    subscription, occupied = hub.subscribe(channels, config.queue_size, transport.hang_up)
+    history = registry.history_for(config.redis_url) if config.history else None
     positions = resume or hub.positions(channels)
     resuming = resume is not None
-    body = event_stream(subscription, config, history, positions, resuming, client, chunked)
-    return hub, subscription, body
+    body = event_stream(subscription, config, history, positions, resuming, transport)
+    return hub, subscription, occupied, body
 
 
 def event_stream(
@@ -97,23 +99,26 @@ def event_stream(
     history: History | None,
     positions: dict[str, Position],
     resume: bool,
-    client: Any,
-    chunked: bool = False,
+    transport: Transport,
 ) -> Generator[bytes, None, None]:
     """The body of one stream.
 
     ``history`` is ``None`` when ``SSE_HISTORY`` is 0: ids then pass through
     as publishers gave them. ``resume`` replays what history holds after
-    ``positions`` before going live. ``client`` is the socket, when the
-    server exposes it, to notice a client that left; ``chunked`` says the
-    server frames this response as HTTP/1.1 chunks on that socket, which lets
-    the hub write events straight to it (see :class:`DirectWriter`).
+    ``positions`` before going live.
+
+    Timing: the stream asks to be woken for its next keepalive (after
+    ``SSE_KEEPALIVE`` of silence), its next look at whether the client is
+    still there (every ``SSE_KEEPALIVE``, however busy the channel), and its
+    ``SSE_MAX_AGE``, whichever comes first.
     """
     channels = subscription.channels
     opening = f"retry:{config.retry}\n"
     if history is not None:
         opening += f"id:{format_last_event_id(channels, positions)}\n"
-    yield (opening + "\n").encode()
+    first = (opening + "\n").encode()
+    yielded = len(first)
+    yield first
     if history is not None and resume:
         try:
             backlog = _backlog(history, channels, positions)
@@ -121,130 +126,50 @@ def event_stream(
             logger.warning("Cannot read history to resume a stream (%s); ending it", error)
             return
         if backlog:
-            yield _render(backlog, channels, positions)
+            chunk = _render(backlog, channels, positions)
+            yielded += len(chunk)
+            yield chunk
     keepalive = config.keepalive
-    deadline = time.monotonic() + config.max_age if config.max_age else math.inf
-    subscription.due = min(time.monotonic() + keepalive, deadline)
-    direct = DirectWriter.for_stream(
-        subscription, client, chunked, history is not None, positions, keepalive, deadline
-    )
-    subscription.fast_write = direct
+    now = time.monotonic()
+    deadline = now + config.max_age if config.max_age else math.inf
+    last_write, next_check = now, now + keepalive
+    direct = None
+    if config.direct_write:
+        direct = transport.direct_writer(subscription, history is not None, positions, yielded)
+    subscription.write_directly_with(direct)
     try:
         while True:
+            if direct is not None:
+                last_write = max(last_write, direct.last_write)
+            subscription.wake_at(min(last_write + keepalive, next_check, deadline))
             deliveries = subscription.wait()
-            if direct is not None and not direct.flush(client):
+            if direct is not None and not direct.flush():
                 return  # the client is gone (the default reason)
-            if subscription.closing:
-                subscription.end_reason = "shutdown"
+            if subscription.ended:
                 return
-            if subscription.overflowed:
-                subscription.end_reason = "slow"
-                return
-            now = time.monotonic()
             if deliveries:
                 if history is None:
-                    yield b"".join([delivery.chunk for delivery in deliveries])
+                    chunk = b"".join([delivery.chunk for delivery in deliveries])
                 else:
                     chunk = _render(deliveries, channels, positions)
-                    if chunk:
-                        yield chunk
-            elif now < subscription.due:
-                continue  # woken early: the hub wrote directly meanwhile
+                if chunk:
+                    yield chunk
+                    last_write = time.monotonic()
+            now = time.monotonic()
             if now >= deadline:
-                subscription.end_reason = "max age"
+                subscription.end(CloseReason.MAX_AGE)
                 return  # also on a busy stream; what is queued resumes from history
-            if not deliveries:
-                if client is not None and _client_gone(client):
+            if now >= next_check:
+                if transport.client_gone():
                     return
+                next_check = now + keepalive
+            if direct is not None:
+                last_write = max(last_write, direct.last_write)
+            if now - last_write >= keepalive:
                 yield KEEPALIVE
-            subscription.due = min(time.monotonic() + keepalive, deadline)
+                last_write = now
     finally:
-        subscription.fast_write = None
-
-
-class DirectWriter:
-    """Writes an event straight to the client's socket, from the hub's thread.
-
-    While a stream's own greenlet sleeps with nothing queued, the hub offers
-    it each event: framed once as an HTTP chunk and shared by every client,
-    it goes out in one non-blocking ``os.write``, without waking the stream's
-    greenlet or passing through WSGI. That is what lets one worker fan out
-    as fast as a bare gevent loop. Only under a server that frames the
-    response as chunks on a non-blocking socket (``gunicorn -k gevent``);
-    only single-channel streams (several channels need per-client ids).
-
-    If the socket takes only part of the chunk, the rest is kept for the
-    stream's greenlet, which is woken to send it before anything else; if it
-    takes nothing, the event is queued as usual.
-    """
-
-    __slots__ = ("_subscription", "_fd", "_history", "_positions", "_channel", "_keepalive",
-                 "_deadline", "remainder", "broken")
-
-    def __init__(
-        self, subscription: Subscription, fd: int, history: bool,
-        positions: dict[str, Position], keepalive: float, deadline: float,
-    ) -> None:
-        self._subscription = subscription
-        self._fd = fd
-        self._history = history
-        self._positions = positions
-        self._channel = subscription.channels[0]
-        self._keepalive = keepalive
-        self._deadline = deadline
-        self.remainder = b""
-        self.broken = False
-
-    @classmethod
-    def for_stream(
-        cls, subscription: Subscription, client: Any, chunked: bool, history: bool,
-        positions: dict[str, Position], keepalive: float, deadline: float,
-    ) -> DirectWriter | None:
-        if client is None or not chunked or len(subscription.channels) != 1:
-            return None
-        try:
-            fd = client.fileno()
-            if os.get_blocking(fd) or isinstance(client, ssl.SSLSocket):
-                return None
-        except (OSError, ValueError):
-            return None
-        return cls(subscription, fd, history, positions, keepalive, deadline)
-
-    def __call__(self, delivery: Delivery) -> bool:
-        if self.remainder or self.broken:
-            return False  # queued behind what the stream's greenlet has yet to send
-        position = delivery.position
-        if self._history:
-            if position is None:
-                return False  # rendered without id by the stream's own greenlet
-            if position <= self._positions[self._channel]:
-                return True  # the client has it
-        framed = delivery.framed()
-        try:
-            sent = os.write(self._fd, framed)
-        except BlockingIOError:
-            return False
-        except OSError:
-            self.broken = True
-            self._subscription.wake()
-            return True
-        if position is not None:
-            self._positions[self._channel] = position
-        self._subscription.due = min(delivery.created + self._keepalive, self._deadline)
-        if sent < len(framed):
-            self.remainder = framed[sent:]
-            self._subscription.wake()
-        return True
-
-    def flush(self, client: Any) -> bool:
-        """Send what the hub could not; False if the client is gone."""
-        if self.remainder:
-            try:
-                client.sendall(self.remainder)
-            except OSError:
-                return False
-            self.remainder = b""
-        return not self.broken
+        subscription.write_directly_with(None)
 
 
 def _backlog(
@@ -284,22 +209,3 @@ def _render(
         else:
             parts.append(delivery.chunk)
     return b"".join(parts)
-
-
-def _client_gone(client: socket.socket) -> bool:
-    """True if the client closed its end; checked without reading its data."""
-    try:
-        readable, _, _ = select.select([client], [], [], 0)
-        return bool(readable) and client.recv(1, socket.MSG_PEEK) == b""
-    except ValueError:  # a TLS socket cannot peek: the next write will tell
-        return False
-    except OSError:
-        return True
-
-
-def hang_up(client: socket.socket) -> None:
-    """Close a slow client's connection, even while a write to it is blocked."""
-    try:
-        client.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass

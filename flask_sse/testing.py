@@ -30,6 +30,7 @@ from flask.testing import FlaskClient
 
 from .message import Message, read_wire
 from .publisher import Publisher
+from .state import app_state
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,7 @@ def captured_events(app: Flask) -> Iterator[list[PublishedEvent]]:
 
     Bad input still raises as it would for real (a CR in a type, a bad channel).
     """
-    state = app.extensions.get("sse")
-    if state is None:
-        raise RuntimeError(
-            "captured_events(app) can only be used once a server-sent events blueprint is "
-            "registered on the app: app.register_blueprint(sse, url_prefix='/stream')."
-        )
+    state = app_state("captured_events(app)", app)
     recorder = _RecordingPublisher(state.publisher)
     app.extensions["sse"] = replace(state, publisher=recorder)
     try:

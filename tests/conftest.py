@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import redis.cluster
 from flask import Flask
 from flask.testing import FlaskClient
 
-from flask_sse import sse
+from flask_sse import registry, sse
 
 from .sse_client import wait_for
 
@@ -39,6 +40,26 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def _our_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.startswith("flask-sse")]
+
+
+@pytest.fixture(autouse=True)
+def _close_hubs() -> Iterator[None]:
+    """Every test ends with no hub, thread or connection of this process left over."""
+    yield
+    registry.close_all()
+    assert _our_threads() == [], "a flask-sse thread outlived registry.close_all()"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _nothing_outlives_the_suite() -> Iterator[None]:
+    """After the last test no flask-sse thread is alive, so nothing can log at exit."""
+    yield
+    registry.close_all()
+    assert _our_threads() == []
 
 
 @pytest.fixture

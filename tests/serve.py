@@ -14,7 +14,7 @@ from flask import Flask, abort, request
 from flask_cors import CORS
 
 from flask_sse import ServerSentEventsBlueprint, send_event, sse
-from flask_sse.broker import hub_for
+from flask_sse.registry import hub_for
 
 private = ServerSentEventsBlueprint("private", __name__)
 

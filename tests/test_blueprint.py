@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from flask_sse import Publisher, ServerSentEventsBlueprint, send_event, sse
-from flask_sse.broker import hub_for, redis_client
+from flask_sse.registry import hub_for, redis_client
 
 from .sse_client import Event, Parser
 

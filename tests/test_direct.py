@@ -1,18 +1,28 @@
-"""DirectWriter: the hub's write straight to a sleeping stream's socket."""
+"""DirectWriter: the hub's write straight to a sleeping stream's socket, and when it is used."""
 
 from __future__ import annotations
 
-import math
 import socket
 import threading
 from collections.abc import Iterator
 
 import pytest
+from gunicorn.http.wsgi import Response as GunicornResponse  # type: ignore[import-untyped]
 
 from flask_sse import Message
+from flask_sse.delivery import Delivery
 from flask_sse.history import Position
-from flask_sse.hub import Delivery, Subscription
-from flask_sse.stream import DirectWriter
+from flask_sse.subscription import Subscription
+from flask_sse.transport import DirectWriter, Transport, http_chunk
+
+
+class NoScheduler:
+    def schedule(self, subscription: Subscription, when: float) -> None:
+        pass
+
+
+def subscription_of(*channels: str) -> Subscription:
+    return Subscription(channels, 10, NoScheduler())
 
 
 @pytest.fixture
@@ -27,10 +37,8 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
 def writer_for(
     server: socket.socket, positions: dict[str, Position], history: bool = True
 ) -> tuple[DirectWriter, Subscription]:
-    subscription = Subscription(("news",), limit=10)
-    writer = DirectWriter.for_stream(subscription, server, True, history, positions, 15, math.inf)
-    assert writer is not None
-    return writer, subscription
+    subscription = subscription_of("news")
+    return DirectWriter(subscription, server, history, positions), subscription
 
 
 def delivery(data: str, position: str | None) -> Delivery:
@@ -57,7 +65,7 @@ def test_writes_one_http_chunk_and_moves_the_position(pair: tuple[socket.socket,
     assert writer(delivery("hi", "5-0"))
     assert read_all(client) == b"10\r\ndata:hi\nid:5-0\n\n\r\n"
     assert positions == {"news": (5, 0)}
-    assert subscription.due < math.inf
+    assert writer.last_write > 0  # no keepalive is due right after
 
 
 def test_skips_what_the_client_has_and_leaves_idless_events_to_the_stream(
@@ -91,13 +99,13 @@ def test_a_full_socket_keeps_the_rest_for_the_stream(pair: tuple[socket.socket, 
     drained = client.recv(30_000, socket.MSG_WAITALL)  # room for part of the next event
     first, second = delivery("a" * 200_000, "1-0"), delivery("b", "2-0")
     assert writer(first)  # taken: part written, the rest kept
-    assert writer.remainder and first.framed().endswith(writer.remainder)
+    assert writer.remainder and http_chunk(first).endswith(writer.remainder)
     assert subscription._wakeup.is_set()  # the stream's greenlet must send the rest
     assert not writer(second)  # must wait behind the rest: queued, not written
     received = [drained]
 
     def read_rest() -> None:
-        expected = sent + len(first.framed()) - len(drained)
+        expected = sent + len(http_chunk(first)) - len(drained)
         while expected:
             piece = client.recv(expected)
             received.append(piece)
@@ -106,9 +114,9 @@ def test_a_full_socket_keeps_the_rest_for_the_stream(pair: tuple[socket.socket, 
     reader = threading.Thread(target=read_rest)
     reader.start()
     server.setblocking(True)
-    assert writer.flush(server)
+    assert writer.flush()
     reader.join(10)
-    assert b"".join(received) == b"f" * sent + first.framed()
+    assert b"".join(received) == b"f" * sent + http_chunk(first)
     assert writer(second)  # all sent: the next one goes straight out again
 
 
@@ -119,17 +127,31 @@ def test_a_closed_client_is_noticed(pair: tuple[socket.socket, socket.socket]) -
     while not writer.broken:
         assert writer(delivery("x" * 1000, "9-0"))
     assert subscription._wakeup.is_set()
-    assert not writer.flush(server)
+    assert not writer.flush()
 
 
-def test_only_for_chunked_non_blocking_single_channel_streams(
+def served_by_gunicorn(sock: socket.socket, chunked: bool = True, sent: int = 10) -> Transport:
+    """A transport whose response reached gunicorn's own ``start_response``."""
+    server_response = GunicornResponse(None, sock, None)
+    server_response.chunked = chunked
+    server_response.sent = sent
+    transport = Transport(sock)
+    transport.offer_direct(server_response.start_response)
+    return transport
+
+
+def test_only_for_untouched_chunked_non_blocking_single_channel_streams(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
     server, client = pair
-    one = Subscription(("a",), 1)
-    two = Subscription(("a", "b"), 1)
     positions = {"a": (0, 0), "b": (0, 0)}
-    assert DirectWriter.for_stream(one, server, False, True, positions, 15, math.inf) is None
-    assert DirectWriter.for_stream(two, server, True, True, positions, 15, math.inf) is None
-    assert DirectWriter.for_stream(one, None, True, True, positions, 15, math.inf) is None
-    assert DirectWriter.for_stream(one, client, True, True, positions, 15, math.inf) is None  # blocking
+    one, two = subscription_of("a"), subscription_of("a", "b")
+    assert served_by_gunicorn(server).direct_writer(one, True, positions, 10) is not None
+    assert served_by_gunicorn(server).direct_writer(two, True, positions, 10) is None
+    assert served_by_gunicorn(server, chunked=False).direct_writer(one, True, positions, 10) is None
+    # gunicorn got fewer bytes than the stream yielded: something transforms the body
+    assert served_by_gunicorn(server, sent=7).direct_writer(one, True, positions, 10) is None
+    assert served_by_gunicorn(client).direct_writer(one, True, positions, 10) is None  # blocking
+    not_gunicorn = Transport(server)
+    not_gunicorn.offer_direct(lambda status, headers: None)  # a middleware's start_response
+    assert not_gunicorn.direct_writer(one, True, positions, 10) is None

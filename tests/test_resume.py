@@ -9,8 +9,8 @@ import pytest
 from flask import Flask
 
 from flask_sse import Publisher, sse
-from flask_sse.broker import redis_client
 from flask_sse.history import History
+from flask_sse.registry import redis_client
 
 from .sse_client import Event, Parser
 

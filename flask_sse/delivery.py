@@ -1,0 +1,63 @@
+"""One event as every subscriber of its channel receives it: decoded and encoded once.
+
+The hub makes one :class:`Delivery` per message it reads from Redis (or
+replays from history) and hands the same object to every local subscriber,
+so the JSON is parsed once and the wire bytes are built once, however many
+clients are listening. Pure: no Flask, no Redis, no sockets.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from .history import parse_position
+from .message import Message
+
+logger = logging.getLogger("flask_sse")
+
+
+class Delivery:
+    """One event of one channel, ready to write.
+
+    ``chunk`` is the event's wire form with the id it was published with;
+    ``position`` is that id when it is a history position; ``created`` is
+    when the hub received it (``time.monotonic()``).
+    """
+
+    __slots__ = ("channel", "position", "chunk", "created", "_message", "_body")
+
+    def __init__(self, channel: str, message: Message) -> None:
+        self.channel = channel
+        self.position = parse_position(message.id)
+        self.chunk = message.encode()
+        self.created = time.monotonic()
+        self._message = message
+        self._body: bytes | None = None
+
+    @classmethod
+    def decode(cls, channel: str, payload: bytes) -> Delivery | None:
+        """A payload from Redis, or ``None`` if it is unusable (logged)."""
+        try:
+            message = Message.from_payload(payload)
+            return None if message is None else cls(channel, message)
+        except Exception:  # noqa: BLE001 - one bad message must not stop the hub
+            logger.exception("Skipped a message on channel %r that cannot be encoded", channel)
+            return None
+
+    @classmethod
+    def reset(cls, channel: str) -> Delivery:
+        """The ``reset`` event: history no longer holds all a client missed."""
+        return cls(channel, Message({"channel": channel}, type="reset"))
+
+    def body(self) -> bytes:
+        """The wire form without ``id`` and without the final blank line.
+
+        A stream on several channels appends an id of its own (one position
+        per channel), so it needs the event without the one it came with.
+        """
+        if self._body is None:
+            message = self._message
+            without_id = Message(message.data, type=message.type, retry=message.retry)
+            self._body = without_id.encode()[:-1]
+        return self._body

@@ -1,0 +1,177 @@
+"""The hub's links to Redis: one pub/sub connection per server, and its reader thread.
+
+A link connects (with backoff and jitter while Redis is away), reads every
+reply and hands it to its listener (the hub), and PINGs when the connection
+has been quiet, so a cut network (which sends no RST) is noticed within
+``READ_TIMEOUT``. It never reconnects silently: every loss is reported, so
+the hub can replay from history what was published meanwhile.
+
+Locking: a link's ``connection``, ``attempts`` and ``channels`` are guarded
+by the lock its owner hands it (the hub's), and every command is sent under
+that lock. Only the reader thread reads from the connection, and only it
+puts a new connection in place; a send that fails marks the link dead.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from typing import Any, Protocol
+
+from .routing import Router
+
+logger = logging.getLogger("flask_sse")
+
+#: Seconds of silence on a pub/sub connection before it is PINGed.
+PING_INTERVAL = 5.0
+#: A pub/sub connection that has read nothing (not even a PONG) for this long is dead.
+READ_TIMEOUT = PING_INTERVAL * 3
+#: Reconnection backoff: first wait and cap, in seconds (with jitter).
+BACKOFF_FIRST = 0.05
+BACKOFF_CAP = 2.0
+
+
+class LinkListener(Protocol):
+    """What a link reports to its owner, from its reader thread."""
+
+    def link_up(self, link: Link, connection: Any) -> None:
+        """A new connection is ready: put it in place and subscribe the link's channels."""
+
+    def link_failed(self, link: Link, error: Exception) -> None:
+        """A connection attempt failed."""
+
+    def link_down(self, link: Link) -> bool:
+        """The link failed or was lost; True if it should stop (nothing left to carry)."""
+
+    def message(self, link: Link, channel: str, payload: bytes) -> None: ...
+
+    def subscribed(self, link: Link, channel: str) -> None: ...
+
+    def dropped(self, link: Link, channel: str) -> None:
+        """The server unsubscribed a channel by itself (its cluster slot moved)."""
+
+
+class Link:
+    """One pub/sub connection to one Redis server, and the thread that reads it."""
+
+    def __init__(
+        self, node: str, router: Router, lock: threading.Lock, listener: LinkListener
+    ) -> None:
+        self.node = node
+        #: the live connection, or None while (re)connecting (guarded by ``lock``)
+        self.connection: Any = None
+        #: connection attempts finished, successful or not (guarded by ``lock``)
+        self.attempts = 0
+        #: the channels this link carries (guarded by ``lock``)
+        self.channels: set[str] = set()
+        self._router = router
+        self._lock = lock
+        self._listener = listener
+        self._closed = threading.Event()
+        self._jitter = random.Random()  # its own: never disturbs the app's random state
+        self._thread = threading.Thread(
+            target=self._run, name=f"flask-sse-link {node}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def send(self, *command: str) -> None:
+        """Send on the current connection; the caller holds the lock."""
+        connection = self.connection
+        if connection is None:
+            return
+        try:
+            connection.send_command(*command, check_health=False)
+        except Exception as error:  # noqa: BLE001 - any failure means the link is gone
+            logger.warning("Redis pub/sub send to %s failed (%s); reconnecting", self.node, error)
+            self.connection = None
+            connection.disconnect()
+
+    def send_each(self, command: str, names: list[str], one_per_command: bool) -> None:
+        """``command`` for all ``names``; one each on a cluster (one slot per command)."""
+        if one_per_command:
+            for name in names:
+                self.send(command, name)
+        elif names:
+            self.send(command, *names)
+
+    def retire(self) -> None:
+        """Drop the connection (the caller holds the lock); the reader then asks the owner."""
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.disconnect()
+
+    def close(self) -> None:
+        """Stop the reader and release the connection (the caller must not hold the lock)."""
+        self._closed.set()
+        with self._lock:
+            self.retire()
+
+    def join(self, timeout: float = 5.0) -> None:
+        if self._thread.ident is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    # -- the reader thread ---------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = BACKOFF_FIRST
+        while not self.closed:
+            try:
+                connection = self._router.connect(self.node)
+            except Exception as error:  # noqa: BLE001 - retried with backoff
+                self._listener.link_failed(self, error)
+                if self.closed or self._listener.link_down(self):
+                    return
+                if self._closed.wait(backoff * self._jitter.uniform(0.5, 1.0)):
+                    return
+                backoff = min(backoff * 2, BACKOFF_CAP)
+                continue
+            if self.closed:
+                connection.disconnect()
+                return
+            backoff = BACKOFF_FIRST
+            self._listener.link_up(self, connection)
+            try:
+                self._read(connection)
+            except Exception as error:  # noqa: BLE001 - the link is gone; reconnect
+                if not self.closed:
+                    logger.warning(
+                        "Redis pub/sub link to %s lost (%s); reconnecting", self.node, error
+                    )
+            finally:
+                with self._lock:
+                    if self.connection is connection:
+                        self.connection = None
+                connection.disconnect()
+            if self.closed or self._listener.link_down(self):
+                return
+
+    def _read(self, connection: Any) -> None:
+        listener = self._listener
+        heard = time.monotonic()
+        while self.connection is connection:
+            if not connection.can_read(timeout=PING_INTERVAL):
+                if time.monotonic() - heard >= READ_TIMEOUT:
+                    raise TimeoutError(f"no answer to PING for {READ_TIMEOUT:.0f} s")
+                with self._lock:
+                    if self.connection is connection:
+                        self.send("PING")
+                continue
+            reply = connection.read_response(disconnect_on_error=False, push_request=True)
+            heard = time.monotonic()
+            if not isinstance(reply, list) or len(reply) != 3:
+                continue  # a PONG
+            kind, name, body = reply
+            if kind in (b"message", b"smessage"):
+                listener.message(self, name.decode("utf-8", "replace"), body)
+            elif kind in (b"subscribe", b"ssubscribe"):
+                listener.subscribed(self, name.decode("utf-8", "replace"))
+            elif kind == b"sunsubscribe":
+                listener.dropped(self, name.decode("utf-8", "replace"))

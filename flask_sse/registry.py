@@ -1,0 +1,156 @@
+"""The per-process registry: one Redis client, one history and one hub per URL.
+
+Reused by every request, publish and stream of the process, and closed by
+:func:`close_all` (tests, an app factory's teardown). After a fork
+(gunicorn workers, with or without ``--preload``) the child starts afresh
+and never touches its parent's sockets or threads. ``memory://`` is the
+embedded broker: an in-process fakeredis server, for development and the
+example app, one per URL.
+
+It also holds the one process-wide hook: ending every stream on SIGTERM
+(:func:`end_streams_on_sigterm`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Any
+
+import redis
+from redis.cluster import RedisCluster
+
+from .history import History
+from .hub import Hub
+from .links import READ_TIMEOUT
+from .presence import Presence
+from .routing import ClusterRouter, Router
+
+_lock = threading.Lock()  # guards the three dicts and _sigterm_installed
+_clients: dict[str, redis.Redis] = {}
+_histories: dict[str, History] = {}
+_hubs: dict[str, Hub] = {}
+_sigterm_installed = False
+
+
+def redis_client(url: str) -> redis.Redis:
+    """The process-wide client for ``url``."""
+    with _lock:
+        client = _clients.get(url)
+        if client is None:
+            client = _clients[url] = _new_client(url)
+        return client
+
+
+def history_for(url: str) -> History:
+    """The process-wide history of the channels behind ``url``."""
+    client = redis_client(url)
+    with _lock:
+        history = _histories.get(url)
+        if history is None:
+            history = _histories[url] = History(client, sharded=is_cluster(url))
+        return history
+
+
+def hub_for(url: str) -> Hub:
+    """The process-wide hub for ``url``; its threads start with its first subscriber."""
+    history = history_for(url)
+    client: Any = redis_client(url)
+    with _lock:
+        hub = _hubs.get(url)
+        if hub is None:
+            router = (
+                ClusterRouter(client, READ_TIMEOUT)
+                if is_cluster(url)
+                else Router(client.connection_pool, READ_TIMEOUT)
+            )
+            hub = _hubs[url] = Hub(router, history, Presence(client))
+        return hub
+
+
+def close_all() -> None:
+    """Close every hub (ending its streams, stopping its threads) and every client."""
+    with _lock:
+        hubs = list(_hubs.values())
+        clients = list(_clients.values())
+        _hubs.clear()
+        _histories.clear()
+        _clients.clear()
+    for hub in hubs:
+        hub.close()
+    for client in clients:
+        client.close()
+
+
+def end_streams_on_sigterm() -> None:
+    """On SIGTERM, end every stream of the process, then let the server's handler run.
+
+    ``gunicorn`` stops a worker gracefully with SIGTERM (also the old workers
+    of a ``HUP``), then waits up to its graceful timeout for requests to
+    finish: open streams never would. Ending them cleanly (a complete
+    response, no half event) lets the worker exit within a second or two, and
+    browsers reconnect elsewhere and resume.
+
+    Called when a process opens its first stream (after the server has set
+    up its own handlers), unless ``SSE_END_STREAMS_ON_SIGTERM`` is False.
+    Only where a Python handler is installed (the server's own), and only
+    from the main thread; once per process.
+    """
+    global _sigterm_installed
+    with _lock:
+        if _sigterm_installed:
+            return
+        _sigterm_installed = True
+    previous = signal.getsignal(signal.SIGTERM)
+    if not callable(previous):
+        return
+
+    def end_streams(signum: int, frame: Any) -> None:
+        for hub in list(_hubs.values()):  # no lock: this may interrupt a holder
+            hub.shutdown()
+        previous(signum, frame)
+
+    try:
+        signal.signal(signal.SIGTERM, end_streams)
+    except ValueError:  # not the main thread (the threaded dev server): leave signals alone
+        pass
+
+
+def is_cluster(url: str) -> bool:
+    """``redis+cluster://`` (or ``rediss+cluster://``): Redis Cluster, sharded pub/sub."""
+    return url.startswith(("redis+cluster://", "rediss+cluster://"))
+
+
+def _new_client(url: str) -> redis.Redis:
+    if url.startswith("memory://"):
+        return _memory_client(url)
+    if is_cluster(url):
+        cluster: Any = RedisCluster.from_url(url.replace("+cluster", "", 1))
+        return cluster  # type: ignore[no-any-return]
+    return redis.Redis.from_url(url)
+
+
+def _memory_client(url: str) -> redis.Redis:
+    try:
+        import fakeredis
+    except ImportError:
+        raise RuntimeError(
+            f"SSE_REDIS_URL {url!r} needs fakeredis, the embedded broker: "
+            "pip install 'flask-sse[memory]', or point SSE_REDIS_URL at a Redis server."
+        ) from None
+    client: Any = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    return client  # type: ignore[no-any-return]
+
+
+def _forget_parent_state() -> None:
+    """In a forked child: drop the parent's clients and hubs without closing them."""
+    global _lock, _sigterm_installed
+    _lock = threading.Lock()
+    _clients.clear()
+    _histories.clear()
+    _hubs.clear()
+    _sigterm_installed = False
+
+
+os.register_at_fork(after_in_child=_forget_parent_state)

@@ -1,0 +1,218 @@
+"""Everything that knows the server a stream is served by.
+
+The rest of the package sees a stream as a WSGI body. Only this module
+knows that a client has a socket (to notice it left without reading its
+data, and to hang up on a slow one), that ``gunicorn`` frames a streamed
+HTTP/1.1 response as chunks, and that an idle stream's events can then be
+written straight to that socket from the hub's thread (:class:`DirectWriter`),
+which is what lets one worker fan out as fast as a bare gevent loop.
+
+The direct write is used only when nothing can change the body on its way
+out: the response must reach ``gunicorn``'s own ``start_response`` with the
+body the view made (no ``after_request`` hook replaced it, no
+``Content-Encoding``, no middleware in between), and every byte the stream
+has yielded so far must have reached ``gunicorn`` unchanged. Otherwise, or
+with ``SSE_DIRECT_WRITE = False``, every event goes through WSGI.
+"""
+
+from __future__ import annotations
+
+import _socket
+import os
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from flask import Response
+
+from .delivery import Delivery
+from .history import Position
+from .subscription import Subscription
+
+
+class Transport:
+    """One stream's view of its server: the client's socket, and the way out."""
+
+    def __init__(self, client: socket.socket | None) -> None:
+        #: the client's socket, when the server exposes it
+        self.client = client
+        #: gunicorn's response object, once the body is known to reach it untouched
+        self._server_response: Any = None
+
+    @classmethod
+    def from_environ(cls, environ: dict[str, Any]) -> Transport:
+        return cls(environ.get("gunicorn.socket") or environ.get("werkzeug.socket"))
+
+    def client_gone(self) -> bool:
+        """True if the client closed its end; checked without reading its data.
+
+        Peeks at the file descriptor with a plain, non-blocking ``recv`` (no
+        ``select()``, which fails for descriptors of 1024 and above; not the
+        server's socket object, whose ``recv`` gevent would turn into a wait).
+        On TLS this sees the encrypted bytes: end of file still means gone.
+        """
+        if self.client is None:
+            return False
+        try:
+            fd = self.client.fileno()
+        except (OSError, ValueError):
+            return True
+        if fd < 0:
+            return True
+        probe = _socket.socket(fileno=fd)
+        try:
+            return probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        finally:
+            probe.detach()
+
+    def hang_up(self) -> None:
+        """Close a slow client's connection, even while a write to it is blocked."""
+        if self.client is not None:
+            try:
+                self.client.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def offer_direct(self, start_response: Callable[..., Any]) -> None:
+        """The response is being served with ``start_response``: note gunicorn's, if it is."""
+        try:
+            from gunicorn.http.wsgi import Response as GunicornResponse  # type: ignore[import-untyped]
+        except ImportError:
+            return
+        server_response = getattr(start_response, "__self__", None)
+        if isinstance(server_response, GunicornResponse):
+            self._server_response = server_response
+
+    def direct_writer(
+        self, subscription: Subscription, history: bool, positions: dict[str, Position],
+        yielded: int,
+    ) -> DirectWriter | None:
+        """A :class:`DirectWriter` for this stream, if its events may bypass WSGI.
+
+        ``yielded`` is how many body bytes the stream has produced so far:
+        unless gunicorn has received exactly that many, something between us
+        transforms the body.
+        """
+        server_response = self._server_response
+        if server_response is None or len(subscription.channels) != 1:
+            return None
+        if not server_response.chunked or server_response.sent != yielded:
+            return None
+        client = server_response.sock
+        try:
+            fd = client.fileno()
+            if os.get_blocking(fd) or isinstance(client, ssl.SSLSocket):
+                return None
+        except (OSError, ValueError):
+            return None
+        return DirectWriter(subscription, client, history, positions)
+
+
+class EventStreamResponse(Response):
+    """The stream's response: tells its transport whether the body may be bypassed."""
+
+    def __init__(
+        self, body: Iterator[bytes], transport: Transport, direct_write: bool,
+        headers: dict[str, str],
+    ) -> None:
+        super().__init__(body, content_type="text/event-stream", headers=headers)
+        self._body = body
+        self._transport = transport
+        self._direct_write = direct_write
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        untouched = self.response is self._body and "Content-Encoding" not in self.headers
+        if self._direct_write and untouched:
+            self._transport.offer_direct(start_response)
+        return super().__call__(environ, start_response)
+
+
+#: The last event framed, shared by every writer: fan-out frames each event once.
+_last_framed: tuple[Delivery | None, bytes] = (None, b"")
+
+
+def http_chunk(delivery: Delivery) -> bytes:
+    """The event as one HTTP/1.1 chunk (built once per event, not once per client)."""
+    global _last_framed
+    last = _last_framed
+    if last[0] is delivery:
+        return last[1]
+    chunk = delivery.chunk
+    framed = b"%X\r\n%s\r\n" % (len(chunk), chunk)
+    _last_framed = (delivery, framed)
+    return framed
+
+
+class DirectWriter:
+    """Writes an event straight to the client's socket, from the hub's thread.
+
+    While a stream's own greenlet sleeps with nothing queued, the hub offers
+    it each event; it goes out in one non-blocking ``os.write``, without
+    waking the stream's greenlet or passing through WSGI. Only single-channel
+    streams (several channels need per-client ids). This repeats the
+    single-channel rule of the stream's rendering (skip what the client
+    has, move its position on): it is the hot path.
+
+    If the socket takes only part of the chunk, the rest is kept for the
+    stream's greenlet, which is woken to send it before anything else; if it
+    takes nothing, the event is queued as usual. ``last_write`` is when the
+    last event went out this way (``time.monotonic()``), for keepalives.
+    """
+
+    __slots__ = ("_subscription", "_client", "_fd", "_history", "_positions", "_channel",
+                 "remainder", "broken", "last_write")
+
+    def __init__(
+        self, subscription: Subscription, client: socket.socket, history: bool,
+        positions: dict[str, Position],
+    ) -> None:
+        self._subscription = subscription
+        self._client = client
+        self._fd = client.fileno()
+        self._history = history
+        self._positions = positions
+        self._channel = subscription.channels[0]
+        self.remainder = b""
+        self.broken = False
+        self.last_write = 0.0
+
+    def __call__(self, delivery: Delivery) -> bool:
+        if self.remainder or self.broken:
+            return False  # queued behind what the stream's greenlet has yet to send
+        position = delivery.position
+        if self._history:
+            if position is None:
+                return False  # rendered without id by the stream's own greenlet
+            if position <= self._positions[self._channel]:
+                return True  # the client has it
+        framed = http_chunk(delivery)
+        try:
+            sent = os.write(self._fd, framed)
+        except BlockingIOError:
+            return False
+        except OSError:
+            self.broken = True
+            self._subscription.wake()
+            return True
+        if position is not None:
+            self._positions[self._channel] = position
+        self.last_write = delivery.created
+        if sent < len(framed):
+            self.remainder = framed[sent:]
+            self._subscription.wake()
+        return True
+
+    def flush(self) -> bool:
+        """Send what the hub could not (from the stream's thread); False if the client is gone."""
+        if self.remainder:
+            try:
+                self._client.sendall(self.remainder)
+            except OSError:
+                return False
+            self.remainder = b""
+        return not self.broken
