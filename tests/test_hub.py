@@ -103,11 +103,14 @@ class FakeRouter(Router):
         self.refreshing.wait(10)
 
     def live(self, node: str = "server") -> FakeConnection:
-        return wait_for(
-            lambda: next((c for c in reversed(self.connections)
-                          if c.node == node and not c.closed), None),
-            what=f"a live connection to {node}",
-        )
+        def newest() -> FakeConnection | None:
+            return next(
+                (c for c in reversed(self.connections) if c.node == node and not c.closed), None
+            )
+
+        connection = wait_for(newest, what=f"a live connection to {node}")
+        assert connection is not None
+        return connection
 
 
 class FakeHistory:
@@ -116,7 +119,7 @@ class FakeHistory:
         self.gap = False
 
     def append(self, channel: str, position: Position, data: str) -> None:
-        payload = json.dumps({"id": "%d-%d" % position, "data": data}).encode()
+        payload = json.dumps({"id": f"{position[0]}-{position[1]}", "data": data}).encode()
         self.events.setdefault(channel, []).append((position, payload))
 
     def newest(self, channel: str) -> Position:
@@ -218,7 +221,8 @@ def test_replay_after_a_lost_link_and_live_copies_skipped(
     for seq, data in [(2, "live"), (3, "missed"), (4, "missed too")]:
         history.append("a", (seq, 0), data)
     first.disconnect()  # the link drops; 3 and 4 are published meanwhile
-    second = wait_for(lambda: router.live() is not first and router.live())
+    wait_for(lambda: router.live() is not first, what="a new connection")
+    second = router.live()
     second.message("a", "3-0", "missed")  # live copies of what was replayed
     second.message("a", "4-0", "missed too")
     second.message("a", "5-0", "new")
