@@ -40,8 +40,9 @@ class FakeConnection:
             raise redis.ConnectionError("closed")
         self.sent.append(command)
         kind = {"SUBSCRIBE": b"subscribe", "SSUBSCRIBE": b"ssubscribe"}.get(command[0])
-        for name in command[1:] if kind else ():
-            self.push(kind, name, 1)
+        if kind is not None:
+            for name in command[1:]:
+                self.push(kind, name, 1)
 
     def push(self, kind: bytes, name: str, body: Any) -> None:
         with self._changed:
