@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import zlib
+from collections.abc import Iterator
 
-from flask import Flask, abort, request
+from flask import Flask, Response, abort, request
 from flask_cors import CORS
 
 from flask_sse import ServerSentEventsBlueprint, send_event, sse
@@ -33,6 +36,13 @@ def create_app() -> Flask:
     cors_origin = app.config.pop("TEST_CORS_ORIGIN", None)
     if cors_origin:
         CORS(app, origins=[cors_origin], supports_credentials=True)
+    hold_fds = app.config.pop("TEST_HOLD_FDS", 0)
+    if hold_fds:  # so that the sockets of the streams get descriptors of 1024 and above
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        app.config["held"] = [os.open(os.devnull, os.O_RDONLY) for _ in range(hold_fds)]
+    if app.config.pop("TEST_GZIP", False):
+        app.after_request(gzip_streams)
     app.register_blueprint(sse, url_prefix="/stream")
     app.register_blueprint(private, url_prefix="/private")
 
@@ -66,6 +76,22 @@ def create_app() -> Flask:
         return {"pid": os.getpid()}
 
     return app
+
+
+def gzip_streams(response: Response) -> Response:
+    """An ``after_request`` hook that compresses event streams, as users write them."""
+    if response.mimetype != "text/event-stream":
+        return response
+    compressor = zlib.compressobj(wbits=31)  # gzip
+    body = response.response
+
+    def compressed() -> Iterator[bytes]:
+        for chunk in body:
+            yield compressor.compress(chunk) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+    response.response = compressed()
+    response.headers["Content-Encoding"] = "gzip"
+    return response
 
 
 app = create_app()
