@@ -1,11 +1,10 @@
 """The per-process fan-out: ONE Redis pub/sub connection for every client.
 
-(One per shard with subscribers on Redis Cluster: see ``routing.py``.) The
-hub keeps reference counts: a channel is subscribed on Redis when its first
-local subscriber arrives and unsubscribed after the last one leaves, so
-Redis holds no per-client state. Each message is decoded and encoded once
-(a :class:`~flask_sse.delivery.Delivery`) and the same object is handed to
-every local subscriber.
+(One per shard with subscribers on Redis Cluster: see ``routing.py``.) A
+channel is subscribed on Redis when its first local subscriber arrives and
+unsubscribed after the last one leaves (reference counts, ``channels.py``),
+so Redis holds no per-client state. Each message is decoded and encoded
+once (a ``Delivery``) and the same object goes to every local subscriber.
 
 Nothing is lost when a link drops: the hub remembers each channel's last
 history position, and after the link reconnects and resubscribes it replays
@@ -30,13 +29,13 @@ Threads, and who may touch what
 - On Redis Cluster, the owner search thread (``routing.OwnerSearch``) calls
   ``_moved`` once it knows where a dropped channel went.
 
-``_lock`` guards ``_channels`` and every field of every ``_Channel``,
-``_subscriptions``, ``_links`` and ``_closed``, and each link's
+``_lock`` guards the channel table (``channels.py``: every field of every
+channel), ``_subscriptions``, ``_links`` and ``_closed``, and each link's
 ``connection``, ``attempts`` and ``channels`` (the hub hands its lock to its
-links). Every command to Redis is sent under it. No callback into other
-code (delivering to a subscription, reading history, a signal) runs under
-it: fan-out works on a tuple snapshot of a channel's subscribers, taken
-under the lock.
+links). Every command to Redis is sent under it. Nothing that may wait runs
+under it (delivering to a subscription, reading history, a signal):
+fan-out works on a tuple snapshot of a channel's subscribers, taken under
+the lock.
 """
 
 from __future__ import annotations
@@ -49,8 +48,9 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from .channels import Channel, ChannelTable
 from .delivery import Delivery
-from .history import ORIGIN, History, Position
+from .history import History, Position
 from .links import Link
 from .presence import Presence, Reporter
 from .routing import OwnerSearch, Router, owners
@@ -62,28 +62,6 @@ logger = logging.getLogger("flask_sse")
 
 class HubUnavailable(Exception):
     """Redis cannot be reached, so no stream can be subscribed now."""
-
-
-class _Channel:
-    """The hub's state for one channel (every field guarded by the hub's lock)."""
-
-    __slots__ = ("subscribers", "fanout", "node", "pending", "ready", "last", "replayed_to")
-
-    def __init__(self, node: str) -> None:
-        #: local subscribers (a dict used as an ordered set)
-        self.subscribers: dict[Subscription, None] = {}
-        #: tuple snapshot of the subscribers for fan-out, rebuilt after a change
-        self.fanout: tuple[Subscription, ...] | None = None
-        #: the Redis server (cluster node) whose link carries the channel
-        self.node = node
-        #: SUBSCRIBE commands sent on the link's connection and not yet confirmed
-        self.pending = 0
-        #: set once Redis has confirmed the subscription and history is caught up
-        self.ready = threading.Event()
-        #: the newest history position dispatched (None: not known yet)
-        self.last: Position | None = None
-        #: after a replay, live copies up to here are skipped
-        self.replayed_to: Position | None = None
 
 
 class Hub:
@@ -109,7 +87,7 @@ class Hub:
         self._lock = threading.Lock()
         self._attempt_finished = threading.Condition(self._lock)
         self._links: dict[str, Link] = {}
-        self._channels: dict[str, _Channel] = {}
+        self._channels = ChannelTable()
         self._subscriptions: dict[Subscription, None] = {}
         self._closed = False
         self._scheduler = Scheduler(on_shutdown=self._end_all)
@@ -152,18 +130,11 @@ class Hub:
             if any(link.connection is None for link in links):
                 raise HubUnavailable("Redis is unreachable; see the log for why")
             self._subscriptions[subscription] = None
-            to_subscribe = []
-            for name in subscription.channels:
-                channel = self._channels.get(name)
-                if channel is None:
-                    channel = self._channels[name] = _Channel(nodes[name])
-                    self._links[channel.node].channels.add(name)
-                if not channel.subscribers:
-                    to_subscribe.append(name)
-                channel.subscribers[subscription] = None
-                channel.fanout = None
+            to_subscribe = self._channels.add(subscription, nodes)
+            for name, node in nodes.items():
+                self._links[node].channels.add(name)
             self._send_subscribe(to_subscribe)
-            waits = [self._channels[name].ready for name in subscription.channels]
+            waits = [self._channel(name).ready for name in subscription.channels]
         self._reporter.changed()
         for ready in waits:
             if not ready.wait(max(0.0, deadline - time.monotonic())):
@@ -180,34 +151,21 @@ class Hub:
         with self._lock:
             if subscription in self._subscriptions:
                 del self._subscriptions[subscription]
-            vacated: dict[str, list[str]] = {}  # by node
-            for name in subscription.channels:
-                channel = self._channels.get(name)
-                if channel is None or subscription not in channel.subscribers:
-                    continue
-                del channel.subscribers[subscription]
-                channel.fanout = None
-                if not channel.subscribers:
-                    vacated.setdefault(channel.node, []).append(name)
-                    channel.last = channel.replayed_to = None
-                    if not channel.pending:
-                        self._forget(name)
+            vacated = self._channels.remove(subscription)
             for node, names in vacated.items():
                 link = self._links.get(node)
                 if link is not None:
+                    link.channels.difference_update(
+                        name for name in names if self._channels.get(name) is None
+                    )
                     link.send_each(self._router.unsubscribe_command, names, self._router.sharded)
         self._reporter.changed()
         return [name for names in vacated.values() for name in names]
 
     def positions(self, channels: Iterable[str]) -> dict[str, Position]:
         """Each channel's newest history position as this hub has seen it."""
-        positions = {}
         with self._lock:
-            for name in channels:
-                channel = self._channels.get(name)
-                last = channel.last if channel is not None else None
-                positions[name] = last if last is not None else ORIGIN
-        return positions
+            return self._channels.positions(channels)
 
     def shutdown(self) -> None:
         """End every stream of this hub soon (within a tick); safe in a signal handler."""
@@ -218,9 +176,7 @@ class Hub:
         with self._lock:
             self._closed = True
             links = list(self._links.values())
-            subscriptions = list(self._subscriptions)
-        for subscription in subscriptions:
-            subscription.end(CloseReason.SHUTDOWN)
+        self._end_all()
         for link in links:
             link.close()
         self._owner_search.close()
@@ -239,18 +195,23 @@ class Hub:
         """How many clients of this process are subscribed to ``channel``."""
         with self._lock:
             state = self._channels.get(channel)
-            return len(state.subscribers) if state else 0
+            return len(state.subscribers) if state is not None else 0
 
     def channels(self) -> list[str]:
         """Channels with at least one subscriber in this process."""
         with self._lock:
-            return [name for name, channel in self._channels.items() if channel.subscribers]
+            return list(self._channels.counts())
 
     # -- links and channels, under _lock ---------------------------------------
 
     def _node_of(self, name: str) -> str:
         channel = self._channels.get(name)
         return channel.node if channel is not None else self._router.node_for(name)
+
+    def _channel(self, name: str) -> Channel:
+        channel = self._channels.get(name)
+        assert channel is not None, f"{name!r} is not in the table"
+        return channel
 
     def _link(self, node: str) -> Link:
         """The link to ``node``, started on first use."""
@@ -261,28 +222,20 @@ class Hub:
         return link
 
     def _forget(self, name: str) -> None:
-        channel = self._channels.pop(name)
-        channel.ready.set()
+        channel = self._channels.forget(name)
         link = self._links.get(channel.node)
         if link is not None:
             link.channels.discard(name)
 
     def _send_subscribe(self, names: list[str]) -> None:
-        by_node: dict[str, list[str]] = {}
-        for name in names:
-            channel = self._channels[name]
-            channel.pending += 1
-            if channel.ready.is_set():
-                channel.ready = threading.Event()
-            by_node.setdefault(channel.node, []).append(name)
-        for node, group in by_node.items():
+        for node, group in self._channels.subscribing(names).items():
             self._links[node].send_each(
                 self._router.subscribe_command, group, self._router.sharded
             )
 
     def _move(self, name: str, node: str) -> None:
         """Carry channel ``name`` on ``node`` from now on (the cluster moved its slot)."""
-        channel = self._channels[name]
+        channel = self._channel(name)
         old = self._links[channel.node]
         old.channels.discard(name)
         if not old.channels and old.node != node:
@@ -297,7 +250,7 @@ class Hub:
     def _moved(self, name: str, node: str) -> None:
         """The owner search found where a dropped channel lives now."""
         with self._lock:
-            if name in self._channels and not self._closed:
+            if self._channels.get(name) is not None and not self._closed:
                 self._move(name, node)
 
     def _end_all(self) -> None:
@@ -308,11 +261,7 @@ class Hub:
 
     def _counts(self) -> dict[str, int]:
         with self._lock:
-            return {
-                name: len(channel.subscribers)
-                for name, channel in self._channels.items()
-                if channel.subscribers
-            }
+            return self._channels.counts()
 
     # -- called back by the links' reader threads ------------------------------
 
@@ -321,7 +270,7 @@ class Hub:
             link.connection = connection
             link.attempts += 1
             for name in list(link.channels):
-                channel = self._channels[name]
+                channel = self._channel(name)
                 channel.pending = 0
                 if not channel.subscribers:
                     self._forget(name)
@@ -358,8 +307,7 @@ class Hub:
     def dropped(self, link: Link, name: str) -> None:
         """A shard dropped a channel we still want: its slot moved (failover, resharding)."""
         with self._lock:
-            channel = self._channels.get(name)
-            if channel is None or not channel.subscribers or channel.node != link.node:
+            if not self._channels.wanted(name, link.node):
                 return
         logger.warning("Redis %s dropped shard channel %r; finding its new owner", link.node, name)
         self._owner_search.search(name, link.node)
@@ -367,14 +315,10 @@ class Hub:
     def subscribed(self, link: Link, name: str) -> None:
         """Redis confirmed a SUBSCRIBE: learn the channel's position, or catch up."""
         with self._lock:
-            channel = self._channels.get(name)
-            if channel is None or channel.node != link.node:
-                return
-            channel.pending -= 1
-            if channel.pending > 0:
-                return
-            if not channel.subscribers:
-                self._forget(name)
+            channel = self._channels.confirmed(name, link.node)
+            if channel is None:
+                if self._channels.get(name) is None:
+                    link.channels.discard(name)
                 return
             since = channel.last
         # History is read outside the lock; only this link's reader dispatches
@@ -392,23 +336,11 @@ class Hub:
         if delivery is None:
             return
         with self._lock:
-            channel = self._channels.get(name)
-            if channel is None or not channel.subscribers or channel.node != link.node:
-                return
-            position = delivery.position
-            if position is not None:
-                if channel.replayed_to is not None:
-                    if position <= channel.replayed_to:
-                        return  # replayed from history already
-                    channel.replayed_to = None
-                channel.last = position
-            fanout = channel.fanout
-            if fanout is None:
-                fanout = channel.fanout = tuple(channel.subscribers)
+            fanout = self._channels.admit(name, link.node, delivery)
         for subscription in fanout:
             subscription.deliver(delivery)
 
-    def _replay(self, name: str, channel: _Channel, since: Position) -> None:
+    def _replay(self, name: str, channel: Channel, since: Position) -> None:
         """Dispatch what history holds after ``since``: published while we were away."""
         events, gap = self._history.after(name, since)
         deliveries = [Delivery.reset(name)] if gap else []
@@ -423,7 +355,7 @@ class Hub:
         with self._lock:
             if events:
                 channel.last = channel.replayed_to = events[-1][0]
-            fanout = tuple(channel.subscribers)
+            fanout = channel.snapshot()
         for delivery in deliveries:
             for subscription in fanout:
                 subscription.deliver(delivery)
