@@ -55,9 +55,9 @@ class Presence:
 class Reporter:
     """The cadence of one hub's reports: a thread that writes ``counts()`` to Redis.
 
-    :meth:`changed` asks for a report soon (at most one per ``SOON``);
-    without changes the counts are written again every ``REFRESH`` to keep
-    them alive. ``counts`` is called from this thread.
+    :meth:`changed` asks for a report ``SOON``: changes within that time
+    share one report. Without changes the counts are written again every
+    ``REFRESH`` to keep them alive. ``counts`` is called from this thread.
     """
 
     def __init__(self, presence: Presence, counts: Callable[[], dict[str, int]]) -> None:
@@ -94,16 +94,15 @@ class Reporter:
         while True:
             with condition:
                 condition.wait_for(lambda: self._changed or self._stopped, timeout=REFRESH)
+                if self._changed:  # let the changes of the next SOON seconds join this report
+                    condition.wait_for(lambda: self._stopped, timeout=SOON)
                 if self._stopped:
                     return
                 self._changed = False
             try:
                 self._presence.report(self._counts())
-            except redis.RedisError as error:
+            except Exception as error:  # noqa: BLE001 - a failed report must not end the thread
                 logger.info("Could not report subscriber counts (%s)", error)
-            with condition:  # at most one report per SOON
-                if condition.wait_for(lambda: self._stopped, timeout=SOON):
-                    return
 
 
 def totals(client: redis.Redis) -> dict[str, int]:
