@@ -113,7 +113,8 @@ class Subscription:
         queue = self._queue
         if not queue:
             self._wakeup.clear()
-            if not queue:  # checked again: a delivery may have come before clear()
+            # checked again: a delivery or an end may have come before clear()
+            if not queue and self._reason is None:
                 self._sleeping = True
                 self._wakeup.wait()
                 self._sleeping = False

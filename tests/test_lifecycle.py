@@ -1,0 +1,70 @@
+"""The process-wide hooks: ending streams on SIGTERM (and its opt-out), closing everything."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from flask_sse import registry, signals, sse
+
+
+@pytest.fixture
+def server_handler(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """A SIGTERM handler of the server's own, as gunicorn installs one; restored after."""
+    received: list[int] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    monkeypatch.setattr(registry, "_sigterm_installed", False)
+    yield received
+    signal.signal(signal.SIGTERM, previous)
+
+
+def stream_app(memory_url: str, **settings: Any) -> Flask:
+    app = Flask(__name__)
+    app.config.update(SSE_REDIS_URL=memory_url, SSE_KEEPALIVE=0.2, **settings)
+    app.register_blueprint(sse, url_prefix="/stream")
+    return app
+
+
+def test_streams_end_on_sigterm_and_the_servers_handler_still_runs(
+    memory_url: str, server_handler: list[int]
+) -> None:
+    app = stream_app(memory_url)
+    reasons: list[str] = []
+    signals.stream_closed.connect(lambda sender, **kw: reasons.append(kw["reason"]), app, weak=False)
+    response = app.test_client().get("/stream", buffered=False)
+    assert signal.getsignal(signal.SIGTERM) is not server_handler  # chained in front of it
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert server_handler == [signal.SIGTERM]
+    chunks = list(response.response)  # ends by itself: the hub ended the stream
+    response.close()
+    assert chunks[0].startswith(b"retry:")
+    assert reasons == ["shutdown"]
+
+
+def test_the_sigterm_hook_can_be_turned_off(memory_url: str, server_handler: list[int]) -> None:
+    handler = signal.getsignal(signal.SIGTERM)
+    app = stream_app(memory_url, SSE_END_STREAMS_ON_SIGTERM=False)
+    response = app.test_client().get("/stream", buffered=False)
+    assert signal.getsignal(signal.SIGTERM) is handler
+    response.close()
+
+
+def test_close_all_stops_every_thread_and_ends_open_streams(memory_url: str) -> None:
+    app = stream_app(memory_url)
+    response = app.test_client().get("/stream", buffered=False)
+    assert any(thread.name.startswith("flask-sse") for thread in threading.enumerate())
+    registry.close_all()
+    assert not any(thread.name.startswith("flask-sse") for thread in threading.enumerate())
+    assert list(response.response)[0].startswith(b"retry:")  # the stream ended cleanly
+    response.close()
