@@ -15,17 +15,23 @@ from flask import Flask
 from flask_sse import registry, signals, sse
 
 
+class ServerHandler:
+    """A SIGTERM handler of the server's own, as gunicorn installs one."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.received.append(signum)
+
+
 @pytest.fixture
-def server_handler(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """A SIGTERM handler of the server's own, as gunicorn installs one; restored after."""
-    received: list[int] = []
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-
+def server_handler(monkeypatch: pytest.MonkeyPatch) -> Iterator[ServerHandler]:
+    """The server's handler installed for the test, the previous one restored after."""
+    handler = ServerHandler()
     previous = signal.signal(signal.SIGTERM, handler)
     monkeypatch.setattr(registry, "_sigterm_installed", False)
-    yield received
+    yield handler
     signal.signal(signal.SIGTERM, previous)
 
 
@@ -37,7 +43,7 @@ def stream_app(memory_url: str, **settings: Any) -> Flask:
 
 
 def test_streams_end_on_sigterm_and_the_servers_handler_still_runs(
-    memory_url: str, server_handler: list[int]
+    memory_url: str, server_handler: ServerHandler
 ) -> None:
     app = stream_app(memory_url)
     reasons: list[str] = []
@@ -45,18 +51,19 @@ def test_streams_end_on_sigterm_and_the_servers_handler_still_runs(
     response = app.test_client().get("/stream", buffered=False)
     assert signal.getsignal(signal.SIGTERM) is not server_handler  # chained in front of it
     os.kill(os.getpid(), signal.SIGTERM)
-    assert server_handler == [signal.SIGTERM]
-    chunks = list(response.response)  # ends by itself: the hub ended the stream
+    assert server_handler.received == [signal.SIGTERM]
+    body = response.get_data()  # ends by itself: the hub ended the stream
     response.close()
-    assert chunks[0].startswith(b"retry:")
+    assert body.startswith(b"retry:")
     assert reasons == ["shutdown"]
 
 
-def test_the_sigterm_hook_can_be_turned_off(memory_url: str, server_handler: list[int]) -> None:
-    handler = signal.getsignal(signal.SIGTERM)
+def test_the_sigterm_hook_can_be_turned_off(
+    memory_url: str, server_handler: ServerHandler
+) -> None:
     app = stream_app(memory_url, SSE_END_STREAMS_ON_SIGTERM=False)
     response = app.test_client().get("/stream", buffered=False)
-    assert signal.getsignal(signal.SIGTERM) is handler
+    assert signal.getsignal(signal.SIGTERM) is server_handler
     response.close()
 
 
@@ -66,5 +73,5 @@ def test_close_all_stops_every_thread_and_ends_open_streams(memory_url: str) -> 
     assert any(thread.name.startswith("flask-sse") for thread in threading.enumerate())
     registry.close_all()
     assert not any(thread.name.startswith("flask-sse") for thread in threading.enumerate())
-    assert list(response.response)[0].startswith(b"retry:")  # the stream ended cleanly
+    assert response.get_data().startswith(b"retry:")  # the stream ended cleanly
     response.close()
