@@ -9,10 +9,11 @@ Each is sent with the app as sender::
         ...
 
 - ``stream_opened(app, channels)``: a stream was accepted (after the checks).
-- ``stream_closed(app, channels, reason)``: it ended; ``reason`` is
+- ``stream_closed(app, channels, reason)``: it ended; ``reason`` is a
+  :class:`flask_sse.subscription.CloseReason` (a ``str`` enumeration):
   ``"client gone"`` (also when the server closed it), ``"slow"`` (fell
   ``SSE_QUEUE_SIZE`` behind), ``"max age"`` (``SSE_MAX_AGE``) or
-  ``"shutdown"`` (the worker got SIGTERM).
+  ``"shutdown"`` (the worker got SIGTERM, or the hub was closed).
 - ``channel_occupied(app, channel)``: the first stream of ``channel`` in this
   process opened; ``channel_vacated(app, channel)``: its last one closed.
   Per process: for a total across workers use ``sse.subscriber_count()``.
