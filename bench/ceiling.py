@@ -12,7 +12,7 @@ saturation, for any server; with it all three write the same packets.
 
 from __future__ import annotations
 
-from gevent import monkey
+from gevent import monkey  # type: ignore[import-untyped]
 
 monkey.patch_all()
 
@@ -22,7 +22,7 @@ import sys  # noqa: E402
 
 import gevent  # noqa: E402
 import redis  # noqa: E402
-from gevent.server import StreamServer  # noqa: E402
+from gevent.server import StreamServer  # type: ignore[import-untyped]  # noqa: E402
 
 HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
@@ -32,7 +32,7 @@ subscribers: set[socket.socket] = set()
 
 
 def fan_out(url: str) -> None:
-    pubsub = redis.Redis.from_url(url).pubsub(ignore_subscribe_messages=True)
+    pubsub = redis.Redis.from_url(url).pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
     pubsub.subscribe("bench")
     for message in pubsub.listen():
         event = b"data:" + message["data"] + b"\n\n"

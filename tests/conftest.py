@@ -21,16 +21,17 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import pytest
 import redis
 import redis.cluster
-from flask import Flask
+from flask import Blueprint, Flask
 from flask.testing import FlaskClient
 
 from flask_sse import registry, sse
 
-from .sse_client import wait_for
+from .sse_client import TestClientStream, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,17 +69,87 @@ def memory_url() -> str:
     return f"memory://test-{uuid.uuid4().hex}"
 
 
+class MakeApp(Protocol):
+    def __call__(
+        self,
+        redis_url: str | None = None,
+        blueprint: Blueprint = sse,
+        url_prefix: str = "/stream",
+        **settings: Any,
+    ) -> Flask: ...
+
+
 @pytest.fixture
-def app(memory_url: str) -> Flask:
-    app = Flask(__name__)
-    app.config.update(TESTING=True, SSE_REDIS_URL=memory_url, SSE_KEEPALIVE=0.2)
-    app.register_blueprint(sse, url_prefix="/stream")
-    return app
+def make_app(memory_url: str) -> MakeApp:
+    """Build an app with a stream blueprint registered; ``settings`` go into its config.
+
+    By default on this test's embedded broker, with keepalives every 0.2 s so
+    a test that reads a silent stream is woken quickly. Registration checks
+    the settings, so a bad one raises here.
+    """
+
+    def make(
+        redis_url: str | None = None,
+        blueprint: Blueprint = sse,
+        url_prefix: str = "/stream",
+        **settings: Any,
+    ) -> Flask:
+        app = Flask(__name__)
+        app.config.update(
+            {"TESTING": True, "SSE_REDIS_URL": redis_url or memory_url, "SSE_KEEPALIVE": 0.2, **settings}
+        )
+        app.register_blueprint(blueprint, url_prefix=url_prefix)
+        return app
+
+    return make
+
+
+@pytest.fixture
+def app(make_app: MakeApp) -> Flask:
+    return make_app()
 
 
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+class OpenClientStream(Protocol):
+    def __call__(
+        self,
+        path: str = "/stream",
+        *,
+        headers: dict[str, str] | None = None,
+        client: FlaskClient | None = None,
+    ) -> TestClientStream: ...
+
+
+@pytest.fixture
+def client_stream(request: pytest.FixtureRequest) -> Iterator[OpenClientStream]:
+    """Open streams through a test client (the ``client`` fixture's by default).
+
+    Each must be answered 200. Every stream still open when the test ends is
+    closed, so its channels are released before ``_close_hubs`` checks.
+    """
+    opened: list[TestClientStream] = []
+
+    def open_client_stream(
+        path: str = "/stream",
+        *,
+        headers: dict[str, str] | None = None,
+        client: FlaskClient | None = None,
+    ) -> TestClientStream:
+        if client is None:
+            client = request.getfixturevalue("client")
+        response = client.get(path, headers=headers, buffered=False)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        stream = TestClientStream(response)
+        opened.append(stream)
+        return stream
+
+    yield open_client_stream
+    for stream in opened:
+        stream.close()
 
 
 def _need(binary: str, package: str = "redis-server") -> str:

@@ -87,7 +87,8 @@ def gzip_streams(response: Response) -> Response:
 
     def compressed() -> Iterator[bytes]:
         for chunk in body:
-            yield compressor.compress(chunk) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            data = chunk.encode() if isinstance(chunk, str) else chunk
+            yield compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
 
     response.response = compressed()
     response.headers["Content-Encoding"] = "gzip"

@@ -1,4 +1,4 @@
-"""A small event-stream client for the tests: a real socket, the WHATWG parser.
+"""Event-stream clients for the tests: Flask's test client or a real socket, one parser.
 
 ``parse`` follows the spec's "interpreting an event stream" algorithm (line
 ends CR, LF and CRLF, ``:`` comments, one leading space stripped, ``id`` with
@@ -11,9 +11,11 @@ from __future__ import annotations
 import http.client
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
+
+from werkzeug.test import TestResponse
 
 T = TypeVar("T")
 
@@ -77,6 +79,71 @@ def parse(stream: str) -> Parser:
     return parser
 
 
+class TestClientStream:
+    """A stream opened with Flask's test client (``buffered=False``), read chunk by chunk.
+
+    Each chunk is what the view yielded, so a test can assert on the exact
+    text sent (``read_chunk``) or on what a browser would see (``events``,
+    ``parser``).
+    """
+
+    __test__ = False  # a helper, not a class of tests for pytest to collect
+
+    def __init__(self, response: TestResponse) -> None:
+        self.response = response
+        self.status = response.status_code
+        self.parser = Parser()
+        self.ended = False
+        self.closed = False
+        self._chunks: Iterator[bytes] = response.iter_encoded()
+        self._rest = ""
+
+    def read_chunk(self) -> str:
+        """The next chunk, fed to the parser; ``EOFError`` once the app ended the stream."""
+        try:
+            text = next(self._chunks).decode()
+        except StopIteration:
+            self.ended = True
+            raise EOFError("the app ended the stream") from None
+        lines = (self._rest + text).split("\n")
+        self._rest = lines.pop()
+        for line in lines:
+            self.parser.feed_line(line)
+        return text
+
+    def read_to_end(self) -> list[str]:
+        """Every chunk left, until the app ends the stream by itself."""
+        chunks = []
+        while True:
+            try:
+                chunks.append(self.read_chunk())
+            except EOFError:
+                return chunks
+
+    def events(self, count: int, timeout: float = 5) -> list[Event]:
+        """The stream's first ``count`` events; fails, rather than hangs, if they do not come.
+
+        The deadline is checked between chunks: keepalives keep them coming.
+        """
+        deadline = time.monotonic() + timeout
+        while len(self.parser.events) < count:
+            assert time.monotonic() < deadline, f"got {self.parser.events}, wanted {count}"
+            try:
+                self.read_chunk()
+            except EOFError:
+                raise AssertionError(f"the stream ended after {self.parser.events}, wanted {count}") from None
+        return self.parser.events[:count]
+
+    def close(self) -> None:
+        """Hang up, as a browser closing its tab: the app releases the stream's channels.
+
+        Closing twice is harmless, so a test may close early and its fixture again.
+        """
+        if not self.closed:
+            self.closed = True
+            self.response.close()
+
+
 class StreamClient:
     """One open ``GET`` of an event stream over a real TCP connection."""
 
@@ -125,6 +192,38 @@ class StreamClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Served(Protocol):
+    """A server of the tests' own (``conftest.Gunicorn``): where it listens."""
+
+    @property
+    def port(self) -> int: ...
+
+
+def open_stream(
+    server: int | Served,
+    query: str = "",
+    *,
+    path: str = "/stream",
+    headers: dict[str, str] | None = None,
+    last_event_id: str | None = None,
+) -> StreamClient:
+    """A stream over a real socket that has read its opening (``retry:`` and the positions).
+
+    What the stream reads next is live (or the backlog of a resume), so a
+    test can publish at once and count exactly what arrives.
+    """
+    port = server if isinstance(server, int) else server.port
+    all_headers = dict(headers or {})
+    if last_event_id:
+        all_headers["Last-Event-ID"] = last_event_id
+    stream = StreamClient(port, f"{path}?{query}" if query else path, all_headers)
+    assert stream.status == 200, stream.body()
+    assert stream.read_line() == "retry:3000\n"
+    while stream.read_line() != "\n":
+        pass
+    return stream
 
 
 def wait_for(condition: Callable[[], T], timeout: float = 10, what: str = "condition") -> T:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -12,6 +13,8 @@ from itsdangerous import URLSafeSerializer
 
 from flask_sse import ServerSentEventsBlueprint, sse
 from flask_sse.access import SALT
+
+from .conftest import MakeApp
 
 SECRET = "test secret"
 
@@ -24,7 +27,7 @@ def private_app(app: Flask) -> Flask:
 
 
 def status_and_error(client: FlaskClient, url: str, **kwargs: object) -> tuple[int, str]:
-    response = client.get(url, buffered=False, **kwargs)  # type: ignore[arg-type]
+    response = client.get(url, buffered=False, **kwargs)
     error = response.get_json()["error"] if response.is_json else ""
     response.close()
     return response.status_code, error
@@ -73,10 +76,7 @@ def test_tokens_serve_every_sse_blueprint_of_the_app(private_app: Flask) -> None
     assert status_and_error(client, f"/events?channel=private-x&token={shared}")[0] == 200
 
 
-def test_without_a_secret_key_tokens_cannot_be_made(memory_url: str) -> None:
-    app = Flask(__name__)
-    app.config.update(SSE_REDIS_URL=memory_url)
-    app.register_blueprint(sse, url_prefix="/stream")
+def test_without_a_secret_key_tokens_cannot_be_made(app: Flask) -> None:
     with app.app_context(), pytest.raises(RuntimeError, match=r"need app.config\['SECRET_KEY'\]"):
         sse.token_for("private-a")
     status, error = status_and_error(app.test_client(), f"/stream?channel=private-a&token={token(['private-a'], time.time() + 60)}")
@@ -93,11 +93,8 @@ def test_token_for_checks_its_arguments(private_app: Flask) -> None:
             sse.token_for("private-a", expires_in=0)
 
 
-def test_the_connection_limit_answers_503(memory_url: str) -> None:
-    app = Flask(__name__)
-    app.config.update(SSE_REDIS_URL=memory_url, SSE_MAX_CONNECTIONS=2, SSE_KEEPALIVE=0.2)
-    app.register_blueprint(sse, url_prefix="/stream")
-    client = app.test_client()
+def test_the_connection_limit_answers_503(make_app: MakeApp) -> None:
+    client = make_app(SSE_MAX_CONNECTIONS=2).test_client()
     open_streams = [client.get("/stream", buffered=False) for _ in range(2)]
     refused = client.get("/stream")
     assert refused.status_code == 503
@@ -133,8 +130,7 @@ def test_hostile_requests_get_a_clear_400(
 
 
 @pytest.mark.parametrize(("key", "value"), [("SSE_PRIVATE_PREFIX", ""), ("SSE_MAX_CONNECTIONS", -1)])
-def test_bad_limits_fail_at_registration(memory_url: str, key: str, value: object) -> None:
-    app = Flask(__name__)
-    app.config.update({"SSE_REDIS_URL": memory_url, key: value})
+def test_bad_limits_fail_at_registration(make_app: MakeApp, key: str, value: object) -> None:
+    settings: dict[str, Any] = {key: value}
     with pytest.raises(ValueError, match=key):
-        app.register_blueprint(sse, url_prefix="/stream")
+        make_app(**settings)

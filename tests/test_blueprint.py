@@ -2,66 +2,19 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-
 import pytest
 from flask import Flask, abort, request
 from flask.testing import FlaskClient
-from werkzeug.test import TestResponse
 
 from flask_sse import Publisher, ServerSentEventsBlueprint, send_event, sse
 from flask_sse.registry import hub_for, redis_client
 
-from .sse_client import Event, Parser
+from .conftest import MakeApp, OpenClientStream
+from .sse_client import Event
 
 
-class OpenStream:
-    """A streaming test-client response, read event by event."""
-
-    def __init__(self, response: TestResponse) -> None:
-        self.response = response
-        self.chunks: Iterator[bytes] = iter(response.response)
-        self.parser = Parser()
-        self._rest = ""
-
-    def read_chunk(self) -> str:
-        text = next(self.chunks).decode()
-        lines = (self._rest + text).split("\n")
-        self._rest = lines.pop()
-        for line in lines:
-            self.parser.feed_line(line)
-        return text
-
-    def events(self, count: int, timeout: float = 5) -> list[Event]:
-        deadline = time.monotonic() + timeout
-        while len(self.parser.events) < count:
-            assert time.monotonic() < deadline, f"got {self.parser.events}, wanted {count}"
-            self.read_chunk()
-        return self.parser.events[:count]
-
-    def close(self) -> None:
-        self.response.close()
-
-
-@pytest.fixture
-def open_stream(client: FlaskClient) -> Iterator[type[OpenStream]]:
-    opened: list[OpenStream] = []
-
-    def opener(path: str) -> OpenStream:
-        response = client.get(path, buffered=False)
-        assert response.status_code == 200, response.get_data(as_text=True)
-        stream = OpenStream(response)
-        opened.append(stream)
-        return stream
-
-    yield opener  # type: ignore[misc]
-    for stream in opened:
-        stream.close()
-
-
-def test_headers_go_out_with_the_retry_hint_first(open_stream: type[OpenStream]) -> None:
-    stream = open_stream("/stream")
+def test_headers_go_out_with_the_retry_hint_first(client_stream: OpenClientStream) -> None:
+    stream = client_stream("/stream")
     assert stream.response.headers["Content-Type"] == "text/event-stream"
     assert stream.response.headers["Cache-Control"] == "no-cache"
     assert stream.response.headers["X-Accel-Buffering"] == "no"
@@ -72,8 +25,8 @@ def kinds(events: list[Event]) -> list[tuple[str, str]]:
     return [(event.data, event.type) for event in events]
 
 
-def test_both_apis_reach_a_stream_on_two_channels(app: Flask, open_stream: type[OpenStream]) -> None:
-    stream = open_stream("/stream?channel=a&channel=b")
+def test_both_apis_reach_a_stream_on_two_channels(app: Flask, client_stream: OpenClientStream) -> None:
+    stream = client_stream("/stream?channel=a&channel=b")
     with app.app_context():
         assert send_event("update", {"price": 3}, channel="a") == 1
         assert sse.publish("two\nlines", type="note", id=4, channel="b") == 1
@@ -90,15 +43,15 @@ def test_both_apis_reach_a_stream_on_two_channels(app: Flask, open_stream: type[
 
 
 def test_default_channel_and_publisher_without_an_app(
-    app: Flask, memory_url: str, open_stream: type[OpenStream]
+    app: Flask, memory_url: str, client_stream: OpenClientStream
 ) -> None:
-    stream = open_stream("/stream")
+    stream = client_stream("/stream")
     assert Publisher(memory_url).publish({"from": "a task"}) == 1
     assert kinds(stream.events(1)) == [('{"from": "a task"}', "message")]
 
 
-def test_a_silent_stream_gets_keepalive_comments(open_stream: type[OpenStream]) -> None:
-    stream = open_stream("/stream")
+def test_a_silent_stream_gets_keepalive_comments(client_stream: OpenClientStream) -> None:
+    stream = client_stream("/stream")
     stream.read_chunk()
     assert stream.read_chunk() == ":\n\n"
     assert stream.parser.comments == [""]
@@ -142,13 +95,13 @@ def test_bad_channel_lists_get_a_clear_400(client: FlaskClient, query: str, erro
     ["channel=" + "x" * 200, "channel=%E6%96%B0%E9%97%BB&channel=caf%C3%A9", "channel=a&channel=a"],
 )
 def test_long_unicode_and_repeated_channels_are_accepted(
-    open_stream: type[OpenStream], query: str
+    client_stream: OpenClientStream, query: str
 ) -> None:
-    assert open_stream(f"/stream?{query}").read_chunk().startswith("retry:3000\nid:0-0")
+    assert client_stream(f"/stream?{query}").read_chunk().startswith("retry:3000\nid:0-0")
 
 
-def test_unicode_channel_delivery(app: Flask, open_stream: type[OpenStream]) -> None:
-    stream = open_stream("/stream?channel=%E6%96%B0%E9%97%BB")
+def test_unicode_channel_delivery(app: Flask, client_stream: OpenClientStream) -> None:
+    stream = client_stream("/stream?channel=%E6%96%B0%E9%97%BB")
     with app.app_context():
         send_event("新", "闻 ✓", channel="新闻")
     assert kinds(stream.events(1)) == [("闻 ✓", "新")]
@@ -183,9 +136,9 @@ def test_publishing_refuses_what_would_break_the_stream(app: Flask) -> None:
 
 
 def test_garbage_on_a_channel_never_stops_the_hub(
-    app: Flask, memory_url: str, open_stream: type[OpenStream]
+    app: Flask, memory_url: str, client_stream: OpenClientStream
 ) -> None:
-    stream = open_stream("/stream")
+    stream = client_stream("/stream")
     raw = redis_client(memory_url)
     for garbage in [b"not json", b'{"no": "data"}', b"[1,2,3]", b"\xff"]:
         raw.publish("sse", garbage)
@@ -194,22 +147,21 @@ def test_garbage_on_a_channel_never_stops_the_hub(
     assert stream.events(2) == [Event("array", "legacy", "0-0"), Event("ok", "evildata: injected", "0-0")]
 
 
-def test_a_client_that_falls_behind_is_disconnected(memory_url: str) -> None:
-    app = Flask(__name__)
-    app.config.update(SSE_REDIS_URL=memory_url, SSE_QUEUE_SIZE=3)
-    app.register_blueprint(sse, url_prefix="/stream")
-    response = app.test_client().get("/stream", buffered=False)
-    chunks = iter(response.response)
-    next(chunks)
+def test_a_client_that_falls_behind_is_disconnected(
+    make_app: MakeApp, memory_url: str, client_stream: OpenClientStream
+) -> None:
+    app = make_app(SSE_QUEUE_SIZE=3, SSE_KEEPALIVE=15)  # no keepalive before the cut-off
+    stream = client_stream(client=app.test_client())
+    stream.read_chunk()
     publisher = Publisher(memory_url)
     for number in range(10):
         publisher.publish(number)
-    assert list(chunks) == []
-    response.close()
+    assert stream.read_to_end() == []
+    stream.close()
     assert hub_for(memory_url).channels() == []
 
 
-def test_before_request_guards_a_users_own_blueprint(memory_url: str) -> None:
+def test_before_request_guards_a_users_own_blueprint(make_app: MakeApp, memory_url: str) -> None:
     guarded = ServerSentEventsBlueprint("guarded", __name__)
 
     @guarded.before_request
@@ -217,10 +169,7 @@ def test_before_request_guards_a_users_own_blueprint(memory_url: str) -> None:
         if "staff" in request.args.getlist("channel"):
             abort(403)
 
-    app = Flask(__name__)
-    app.config["SSE_REDIS_URL"] = memory_url
-    app.register_blueprint(guarded, url_prefix="/events")
-    client = app.test_client()
+    client = make_app(blueprint=guarded, url_prefix="/events").test_client()
     assert client.get("/events?channel=news&channel=staff").status_code == 403
     assert hub_for(memory_url).channels() == []
     response = client.get("/events?channel=news", buffered=False)

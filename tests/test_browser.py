@@ -51,7 +51,11 @@ def test_the_example_page_in_a_real_browser(
         publisher.publish("no type: onmessage", channel="news")
         publisher.publish({"text": "for staff only"}, type="staff", channel="staff")
         assert browser.run_async(POST, "/publish", {"channel": "me", "text": "just for me"}) == 204
-        shown = wait_for(lambda: len(browser.run(EVENTS)) == 4 and browser.run(EVENTS), what="4 events")
+        def four_events() -> list[list[str]]:
+            events: list[list[str]] = browser.run(EVENTS)
+            return events if len(events) == 4 else []
+
+        shown = wait_for(four_events, what="4 events")
         assert sorted(map(tuple, shown)) == [
             ("me", "just for me"),
             ("message", "no type: onmessage"),

@@ -8,11 +8,12 @@ from collections.abc import Callable
 
 import pytest
 import redis
+from redis.crc import key_slot
 
 from flask_sse import Publisher
 
 from .conftest import Gunicorn, RedisCluster
-from .sse_client import StreamClient, wait_for
+from .sse_client import open_stream, wait_for
 from .test_integration import redis_ports_of
 
 pytestmark = pytest.mark.integration
@@ -28,7 +29,7 @@ def channels_on_every_master(cluster: RedisCluster, per_master: int) -> dict[str
     number = 0
     while len(chosen) < 3 * per_master:
         name = f"room-{number}"
-        master = client.get_node_from_key(name).name
+        master = client.nodes_manager.get_node_from_slot(key_slot(name.encode())).name
         if counts.get(master, 0) < per_master:
             chosen[name] = master
             counts[master] = counts.get(master, 0) + 1
@@ -37,20 +38,12 @@ def channels_on_every_master(cluster: RedisCluster, per_master: int) -> dict[str
     return chosen
 
 
-def opened(server: Gunicorn, query: str, last_event_id: str | None = None) -> StreamClient:
-    stream = StreamClient(server.port, f"/stream?{query}", {"Last-Event-ID": last_event_id} if last_event_id else {})
-    assert stream.status == 200, stream.body()
-    while stream.read_line() != "\n":
-        pass
-    return stream
-
-
 def test_delivery_and_resume_across_every_master(gunicorn: Start, redis_cluster: RedisCluster) -> None:
     channels = channels_on_every_master(redis_cluster, per_master=2)
     server = gunicorn(redis_cluster.url)
-    singles = {name: opened(server, f"channel={name}") for name in channels}
+    singles = {name: open_stream(server, f"channel={name}") for name in channels}
     everything = "&".join(f"channel={name}" for name in channels)
-    together = opened(server, everything)
+    together = open_stream(server, everything)
     publisher = Publisher(redis_cluster.url)
     for name in channels:
         assert publisher.publish(f"to {name}", channel=name) == 1  # one process listens per shard
@@ -61,7 +54,7 @@ def test_delivery_and_resume_across_every_master(gunicorn: Start, redis_cluster:
     together.close()
     for name in channels:
         publisher.publish(f"again {name}", channel=name)
-    resumed = opened(server, everything, seen[-1].last_event_id)
+    resumed = open_stream(server, everything, last_event_id=seen[-1].last_event_id)
     assert sorted(event.data for event in resumed.events(len(channels))) == sorted(
         f"again {name}" for name in channels
     )
@@ -89,7 +82,7 @@ def test_failover_with_continuous_publishing_loses_nothing(
 
     def client(name: str) -> None:
         try:
-            stream = opened(server, f"channel={name}")
+            stream = open_stream(server, f"channel={name}")
             data: list[str] = []
             received[name].append(data)
             while not data or data[-1] != "end":
@@ -141,9 +134,9 @@ def test_failover_with_continuous_publishing_loses_nothing(
     assert not errors, errors[0]
     lost = duplicated = resets = 0
     for name, lists in received.items():
-        for data in lists:
-            resets += sum(item.startswith('{"channel"') for item in data)
-            events = [item for item in data[:-1] if not item.startswith('{"channel"')]
+        for got in lists:
+            resets += sum(item.startswith('{"channel"') for item in got)
+            events = [item for item in got[:-1] if not item.startswith('{"channel"')]
             lost += len(set(accepted[name]) - set(events))
             duplicated += len(events) - len(set(events))
             numbers = [int(item.split(":")[0]) for item in events]

@@ -9,8 +9,11 @@ from flask import Flask
 
 from flask_sse import Publisher, ServerSentEventsBlueprint, sse
 
+from .conftest import MakeApp
+
 
 def registered(**config: Any) -> Flask:
+    """An app with exactly ``config``: these tests check defaults and what registration refuses."""
     app = Flask(__name__)
     app.config.update(config)
     app.register_blueprint(sse, url_prefix="/stream")
@@ -66,15 +69,15 @@ def test_bad_values_fail_at_registration(key: str, value: Any, message: str) -> 
     assert "app.config[" in str(raised.value) or "not usable" in str(raised.value)
 
 
-def test_settings_changed_between_two_registrations_are_refused() -> None:
-    app = registered(SSE_KEEPALIVE=5)
+def test_settings_changed_between_two_registrations_are_refused(make_app: MakeApp) -> None:
+    app = make_app(SSE_KEEPALIVE=5)
     app.config["SSE_KEEPALIVE"] = 6
     with pytest.raises(RuntimeError, match="Set app.config before the first"):
         app.register_blueprint(ServerSentEventsBlueprint("other", __name__), url_prefix="/other")
 
 
-def test_two_blueprints_share_the_app_state() -> None:
-    app = registered(SSE_REDIS_URL="memory://")
+def test_two_blueprints_share_the_app_state(make_app: MakeApp) -> None:
+    app = make_app("memory://")
     state = app.extensions["sse"]
     app.register_blueprint(ServerSentEventsBlueprint("other", __name__), url_prefix="/other")
     assert app.extensions["sse"] is state

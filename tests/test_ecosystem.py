@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -12,29 +13,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask
 
 from flask_sse import Publisher, send_event, signals, sse
 from flask_sse.testing import captured_events, read_events
 
-from .conftest import Gunicorn, RedisServer
+from .conftest import Gunicorn, MakeApp, OpenClientStream, RedisServer
 from .sse_client import StreamClient, wait_for
 
 Start = Callable[..., Gunicorn]
 
 
-def make_app(redis_url: str, **settings: Any) -> Flask:
-    app = Flask(__name__)
-    app.config.update(SSE_REDIS_URL=redis_url, SSE_KEEPALIVE=0.1, **settings)
-    app.register_blueprint(sse, url_prefix="/stream")
-    return app
+@pytest.fixture
+def make_app(make_app: MakeApp) -> MakeApp:
+    """The shared factory with keepalives every 0.1 s: CLI listeners and ``read_events`` wake often."""
+    return functools.partial(make_app, SSE_KEEPALIVE=0.1)
 
 
 # -- the CLI ---------------------------------------------------------------------
 
 
-def test_cli_publish_then_listen_replays_from_history(memory_url: str) -> None:
-    runner = make_app(memory_url).test_cli_runner()
+def test_cli_publish_then_listen_replays_from_history(make_app: MakeApp) -> None:
+    runner = make_app().test_cli_runner()
     published = runner.invoke(args=["sse", "publish", "news", '{"price": 3}', "--json", "--type", "update"])
     assert published.exit_code == 0, published.output
     assert published.output == "Published on 'news': 0 process(es) listening.\n"
@@ -61,15 +60,15 @@ def test_cli_publish_then_listen_replays_from_history(memory_url: str) -> None:
         (["listen", "news", "--count", "0"], "0 is not in the range x>=1"),
     ],
 )
-def test_cli_refuses_bad_input_with_a_message(memory_url: str, args: list[str], error: str) -> None:
-    result = make_app(memory_url).test_cli_runner().invoke(args=["sse", *args])
+def test_cli_refuses_bad_input_with_a_message(make_app: MakeApp, args: list[str], error: str) -> None:
+    result = make_app().test_cli_runner().invoke(args=["sse", *args])
     assert result.exit_code == 2
     assert error in result.output
 
 
 @pytest.mark.integration
 def test_cli_listen_and_stats_against_real_redis(
-    gunicorn: Start, redis_url: str, redis_server: RedisServer
+    gunicorn: Start, make_app: MakeApp, redis_url: str, redis_server: RedisServer
 ) -> None:
     app = make_app(redis_url)
     runner = app.test_cli_runner()
@@ -104,7 +103,7 @@ def test_cli_listen_and_stats_against_real_redis(
 
 @pytest.mark.integration
 def test_subscriber_counts_add_up_across_servers_and_forget_killed_workers(
-    gunicorn: Start, redis_url: str
+    gunicorn: Start, make_app: MakeApp, redis_url: str
 ) -> None:
     first, second = gunicorn(redis_url), gunicorn(redis_url)
     app = make_app(redis_url)
@@ -142,8 +141,8 @@ def received() -> Iterator[list[tuple[str, dict[str, Any]]]]:
         getattr(signals, name).disconnect(receiver)
 
 
-def test_signals_for_streams_and_channels(memory_url: str, received: list[tuple[str, dict[str, Any]]]) -> None:
-    client = make_app(memory_url).test_client()
+def test_signals_for_streams_and_channels(make_app: MakeApp, received: list[tuple[str, dict[str, Any]]]) -> None:
+    client = make_app().test_client()
     first = client.get("/stream?channel=a&channel=b", buffered=False)
     second = client.get("/stream?channel=b", buffered=False)
     assert received == [
@@ -165,26 +164,28 @@ def test_signals_for_streams_and_channels(memory_url: str, received: list[tuple[
 
 @pytest.mark.parametrize(("settings", "reason"), [({"SSE_QUEUE_SIZE": 2}, "slow"), ({"SSE_MAX_AGE": 0.2}, "max age")])
 def test_the_closing_reason(
-    memory_url: str, received: list[tuple[str, dict[str, Any]]], settings: dict[str, Any], reason: str
+    make_app: MakeApp,
+    memory_url: str,
+    client_stream: OpenClientStream,
+    received: list[tuple[str, dict[str, Any]]],
+    settings: dict[str, Any],
+    reason: str,
 ) -> None:
-    app = make_app(memory_url, **settings)
-    response = app.test_client().get("/stream", buffered=False)
-    chunks = iter(response.response)
-    next(chunks)
+    stream = client_stream(client=make_app(**settings).test_client())
+    stream.read_chunk()
     if reason == "slow":
         for number in range(5):
             Publisher(memory_url).publish(number)
-    for _ in chunks:  # until the stream ends by itself
-        pass
-    response.close()
+    stream.read_to_end()
+    stream.close()
     assert ("stream_closed", {"channels": ("sse",), "reason": reason}) in received
 
 
 # -- the testing helpers ------------------------------------------------------------
 
 
-def test_captured_events_record_instead_of_publishing(memory_url: str) -> None:
-    app = make_app(memory_url)
+def test_captured_events_record_instead_of_publishing(make_app: MakeApp) -> None:
+    app = make_app()
     listening = app.test_client().get("/stream", buffered=False)
     with captured_events(app) as events, app.app_context():
         send_event("update", {"price": 3}, channel="news")
@@ -200,8 +201,8 @@ def test_captured_events_record_instead_of_publishing(memory_url: str) -> None:
     listening.close()
 
 
-def test_read_events_returns_what_came_and_never_hangs(memory_url: str) -> None:
-    app = make_app(memory_url)
+def test_read_events_returns_what_came_and_never_hangs(make_app: MakeApp) -> None:
+    app = make_app()
     client = app.test_client()
     with app.app_context():
         sse.publish("one")

@@ -10,6 +10,8 @@ from flask import Flask
 
 from example.app import create_app
 
+from .conftest import OpenClientStream
+
 
 @pytest.fixture
 def example(memory_url: str) -> Flask:
@@ -20,6 +22,12 @@ def stream_url(page: str) -> str:
     match = re.search(r'data-stream="([^"]+)"', page)
     assert match is not None
     return html.unescape(match[1])
+
+
+def private_channel(url: str) -> str:
+    match = re.search(r"channel=(private-\w+)", url)
+    assert match is not None
+    return match[1]
 
 
 def test_page_streams_news_and_hides_staff_until_signed_in(example: Flask) -> None:
@@ -36,31 +44,31 @@ def test_page_streams_news_and_hides_staff_until_signed_in(example: Flask) -> No
     stream.close()
 
 
-def test_the_form_publishes_to_open_streams(example: Flask) -> None:
+def test_the_form_publishes_to_open_streams(example: Flask, client_stream: OpenClientStream) -> None:
     client = example.test_client()
-    stream = client.get("/stream?channel=news", buffered=False)
-    chunks = iter(stream.response)
-    assert next(chunks).startswith(b"retry:3000\n")
+    stream = client_stream("/stream?channel=news", client=client)
+    assert stream.read_chunk().startswith("retry:3000\n")
     assert client.post("/publish", data={"channel": "news", "text": "hello"}).status_code == 303
-    chunk = next(chunks).decode()
+    chunk = stream.read_chunk()
     assert chunk.startswith("event:news\ndata:{") and '"text": "hello"' in chunk
     stream.close()
 
 
-def test_each_visitor_has_a_private_channel_only_their_page_opens(example: Flask) -> None:
+def test_each_visitor_has_a_private_channel_only_their_page_opens(
+    example: Flask, client_stream: OpenClientStream
+) -> None:
     ann, bob = example.test_client(), example.test_client()
     ann_url = stream_url(ann.get("/").get_data(as_text=True))
     bob_url = stream_url(bob.get("/").get_data(as_text=True))
-    ann_channel = re.search(r"channel=(private-\w+)", ann_url)[1]  # type: ignore[index]
+    ann_channel = private_channel(ann_url)
     assert ann_channel not in bob_url
-    stolen = bob_url.replace(re.search(r"channel=(private-\w+)", bob_url)[1], ann_channel)  # type: ignore[index]
+    stolen = bob_url.replace(private_channel(bob_url), ann_channel)
     assert bob.get(stolen).status_code == 403
-    stream = ann.get(ann_url, buffered=False)
-    chunks = iter(stream.response)
-    next(chunks)
+    stream = client_stream(ann_url, client=ann)
+    stream.read_chunk()
     assert bob.post("/publish", json={"channel": "me", "text": "to bob"}).status_code == 204
     assert ann.post("/publish", json={"channel": "me", "text": "to ann"}).status_code == 204
-    chunk = next(chunks).decode()
+    chunk = stream.read_chunk()
     assert chunk.startswith("event:me\n") and "to ann" in chunk and "to bob" not in chunk
     stream.close()
 

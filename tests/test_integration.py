@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from .conftest import Gunicorn, RedisServer, free_port
-from .sse_client import StreamClient, datas, wait_for
+from .sse_client import StreamClient, datas, open_stream, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -46,18 +46,6 @@ def connections_redis_sees(redis_server: RedisServer, pid: int) -> int:
     with redis_server.client() as client:
         addresses = [entry["addr"] for entry in client.client_list()]
     return sum(1 for address in addresses if int(address.rsplit(":", 1)[1]) in ports)
-
-
-def open_stream(
-    server: Gunicorn, query: str, path: str = "/stream", headers: dict[str, str] | None = None
-) -> StreamClient:
-    """A stream that has read its opening lines (``retry:`` and the positions)."""
-    stream = StreamClient(server.port, f"{path}?{query}", headers)
-    assert stream.status == 200
-    assert stream.read_line() == "retry:3000\n"
-    while stream.read_line() != "\n":
-        pass
-    return stream
 
 
 def test_both_apis_and_a_raw_publish_reach_every_subscribed_channel(

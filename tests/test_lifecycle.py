@@ -7,12 +7,13 @@ import signal
 import threading
 from collections.abc import Iterator
 from types import FrameType
-from typing import Any
 
 import pytest
 from flask import Flask
 
-from flask_sse import registry, signals, sse
+from flask_sse import registry, signals
+
+from .conftest import MakeApp
 
 
 class ServerHandler:
@@ -35,17 +36,9 @@ def server_handler(monkeypatch: pytest.MonkeyPatch) -> Iterator[ServerHandler]:
     signal.signal(signal.SIGTERM, previous)
 
 
-def stream_app(memory_url: str, **settings: Any) -> Flask:
-    app = Flask(__name__)
-    app.config.update(SSE_REDIS_URL=memory_url, SSE_KEEPALIVE=0.2, **settings)
-    app.register_blueprint(sse, url_prefix="/stream")
-    return app
-
-
 def test_streams_end_on_sigterm_and_the_servers_handler_still_runs(
-    memory_url: str, server_handler: ServerHandler
+    app: Flask, server_handler: ServerHandler
 ) -> None:
-    app = stream_app(memory_url)
     reasons: list[str] = []
     signals.stream_closed.connect(lambda sender, **kw: reasons.append(kw["reason"]), app, weak=False)
     response = app.test_client().get("/stream", buffered=False)
@@ -59,16 +52,15 @@ def test_streams_end_on_sigterm_and_the_servers_handler_still_runs(
 
 
 def test_the_sigterm_hook_can_be_turned_off(
-    memory_url: str, server_handler: ServerHandler
+    make_app: MakeApp, server_handler: ServerHandler
 ) -> None:
-    app = stream_app(memory_url, SSE_END_STREAMS_ON_SIGTERM=False)
+    app = make_app(SSE_END_STREAMS_ON_SIGTERM=False)
     response = app.test_client().get("/stream", buffered=False)
     assert signal.getsignal(signal.SIGTERM) is server_handler
     response.close()
 
 
-def test_close_all_stops_every_thread_and_ends_open_streams(memory_url: str) -> None:
-    app = stream_app(memory_url)
+def test_close_all_stops_every_thread_and_ends_open_streams(app: Flask) -> None:
     response = app.test_client().get("/stream", buffered=False)
     assert any(thread.name.startswith("flask-sse") for thread in threading.enumerate())
     registry.close_all()

@@ -6,6 +6,7 @@ the closing assertions are "none lost, none twice, in order".
 
 from __future__ import annotations
 
+import functools
 import random
 import socket
 import subprocess
@@ -20,20 +21,11 @@ import redis
 from flask_sse import Publisher
 
 from .conftest import ROOT, Gunicorn, RedisServer
-from .sse_client import Parser, StreamClient, wait_for
+from .sse_client import Parser, open_stream, wait_for
 
 pytestmark = pytest.mark.integration
 
 Start = Callable[..., Gunicorn]
-
-
-def open_stream(server: Gunicorn, query: str, last_event_id: str | None = None) -> StreamClient:
-    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
-    stream = StreamClient(server.port, f"/stream?{query}", headers)
-    assert stream.status == 200, stream.body()
-    while stream.read_line() != "\n":  # retry: and the opening id
-        pass
-    return stream
 
 
 def in_thread(target: Callable[[], None]) -> Callable[[], None]:
@@ -71,7 +63,7 @@ def test_read_half_disconnect_and_resume_gets_exactly_the_rest(
             seen = stream.events(50)
             stream.close()
         publisher.publish(str(number), channel=channels[number % len(channels)])
-    again = open_stream(server, query, seen[-1].last_event_id)
+    again = open_stream(server, query, last_event_id=seen[-1].last_event_id)
     rest = again.events(50)
     again.close()
     assert [event.data for event in seen + rest] == [str(number) for number in range(100)]
@@ -103,7 +95,7 @@ def test_the_seam_while_50_clients_reconnect_under_continuous_publishing(
         numbers = received[number] = []
         last_event_id = None
         while not numbers or numbers[-1] != total - 1:
-            stream = open_stream(server, "channel=seam", last_event_id)
+            stream = open_stream(server, "channel=seam", last_event_id=last_event_id)
             connections.append(number)
             last_event_id = stream.parser.last_event_id
             for _ in range(rng.randint(1, 40)):
@@ -114,7 +106,7 @@ def test_the_seam_while_50_clients_reconnect_under_continuous_publishing(
                     break
             stream.close()
 
-    joins = [in_thread(lambda number=number: client(number)) for number in range(50)]
+    joins = [in_thread(functools.partial(client, number)) for number in range(50)]
     for join in joins:
         join()
     assert publisher.wait(60) == 0
@@ -226,7 +218,7 @@ def test_a_client_that_stops_reading_is_cut_off_then_resumes_everything(
         parser.feed_line(line)
     got = [int(event.data.split()[0]) for event in parser.events]
     assert 0 < len(got) < total
-    again = open_stream(server, "channel=slow", parser.last_event_id)
+    again = open_stream(server, "channel=slow", last_event_id=parser.last_event_id)
     rest = [int(event.data.split()[0]) for event in again.events(total - len(got))]
     again.close()
     assert got + rest == list(range(total))
@@ -256,7 +248,7 @@ def test_max_age_ends_streams_cleanly_and_the_client_resumes(gunicorn: Start, re
             stream.read_line()
     stream.close()
     publisher.publish("1", channel="aged")
-    again = open_stream(server, "channel=aged", first.last_event_id)
+    again = open_stream(server, "channel=aged", last_event_id=first.last_event_id)
     assert again.next_event().data == "1"
     again.close()
 

@@ -67,8 +67,9 @@ def test_lone_surrogates_become_replacement_characters() -> None:
 @pytest.mark.parametrize("field", ["type", "id"])
 @pytest.mark.parametrize("bad", ["a\nb", "a\rb", "a\r\nb", "a\x00b", "\n"])
 def test_field_breakers_are_refused_at_publish_time(field: str, bad: str) -> None:
+    fields: dict[str, Any] = {field: bad}
     with pytest.raises(ValueError, match=f"{field} must not contain CR, LF or NUL"):
-        Message("x", **{field: bad})
+        Message("x", **fields)
 
 
 @pytest.mark.parametrize(

@@ -2,56 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
 
 from flask_sse import Publisher, sse
 from flask_sse.history import History
 from flask_sse.registry import redis_client
 
-from .sse_client import Event, Parser
-
-
-class Stream:
-    """A streaming test-client response, parsed as a browser would."""
-
-    def __init__(self, app: Flask, query: str = "", headers: dict[str, str] | None = None) -> None:
-        self.response = app.test_client().get(f"/stream?{query}", headers=headers, buffered=False)
-        self.status = self.response.status_code
-        self.chunks: Iterator[bytes] = iter(self.response.response)
-        self.parser = Parser()
-        self._rest = ""
-        self.ended = False
-
-    def read(self) -> None:
-        try:
-            text = next(self.chunks).decode()
-        except StopIteration:
-            self.ended = True
-            return
-        lines = (self._rest + text).split("\n")
-        self._rest = lines.pop()
-        for line in lines:
-            self.parser.feed_line(line)
-
-    def events(self, count: int) -> list[Event]:
-        while len(self.parser.events) < count and not self.ended:
-            self.read()
-        assert len(self.parser.events) >= count, self.parser.events
-        return self.parser.events[:count]
-
-    def close(self) -> None:
-        self.response.close()
-
-
-def make_app(memory_url: str, **settings: Any) -> Flask:
-    app = Flask(__name__)
-    app.config.update(SSE_REDIS_URL=memory_url, SSE_KEEPALIVE=0.2, **settings)
-    app.register_blueprint(sse, url_prefix="/stream")
-    return app
+from .conftest import MakeApp, OpenClientStream
+from .sse_client import Event
 
 
 def publish_numbers(memory_url: str, numbers: range, channel: str = "sse", **kwargs: Any) -> None:
@@ -60,48 +22,48 @@ def publish_numbers(memory_url: str, numbers: range, channel: str = "sse", **kwa
         publisher.publish(str(number), channel=channel)
 
 
-def test_resume_gets_exactly_what_was_missed(memory_url: str) -> None:
-    app = make_app(memory_url)
-    first = Stream(app)
+def test_resume_gets_exactly_what_was_missed(memory_url: str, client_stream: OpenClientStream) -> None:
+    first = client_stream()
     publish_numbers(memory_url, range(10))
     seen = first.events(4)
     first.close()
     publish_numbers(memory_url, range(10, 15))
-    again = Stream(app, headers={"Last-Event-ID": seen[-1].last_event_id})
+    again = client_stream(headers={"Last-Event-ID": seen[-1].last_event_id})
     assert [event.data for event in again.events(11)] == [str(n) for n in range(4, 15)]
     publish_numbers(memory_url, range(15, 17))
     assert [event.data for event in again.events(13)[11:]] == ["15", "16"]
     again.close()
 
 
-def test_a_client_that_saw_no_event_resumes_from_where_it_connected(memory_url: str) -> None:
+def test_a_client_that_saw_no_event_resumes_from_where_it_connected(
+    memory_url: str, client_stream: OpenClientStream
+) -> None:
     publish_numbers(memory_url, range(3))
-    app = make_app(memory_url)
-    first = Stream(app)
-    first.read()
+    first = client_stream()
+    first.read_chunk()
     opening_id = first.parser.last_event_id
     assert opening_id != "0-0"
     first.close()
     publish_numbers(memory_url, range(3, 5))
-    again = Stream(app, query=f"lastEventId={opening_id}")
+    again = client_stream(f"/stream?lastEventId={opening_id}")
     assert [event.data for event in again.events(2)] == ["3", "4"]
     again.close()
 
 
-def test_the_header_wins_over_the_query_parameter(memory_url: str) -> None:
+def test_the_header_wins_over_the_query_parameter(memory_url: str, client_stream: OpenClientStream) -> None:
     publish_numbers(memory_url, range(3))
     newest = History(redis_client(memory_url)).newest("sse")
-    app = make_app(memory_url)
-    stream = Stream(app, query="lastEventId=0-0", headers={"Last-Event-ID": f"{newest[0]}-{newest[1]}"})
-    stream.read()
+    stream = client_stream("/stream?lastEventId=0-0", headers={"Last-Event-ID": f"{newest[0]}-{newest[1]}"})
+    stream.read_chunk()
     publish_numbers(memory_url, range(3, 4))
     assert [event.data for event in stream.events(1)] == ["3"]
     stream.close()
 
 
-def test_several_channels_resume_each_from_its_own_position(memory_url: str) -> None:
-    app = make_app(memory_url)
-    first = Stream(app, "channel=a&channel=b&channel=c")
+def test_several_channels_resume_each_from_its_own_position(
+    memory_url: str, client_stream: OpenClientStream
+) -> None:
+    first = client_stream("/stream?channel=a&channel=b&channel=c")
     publisher = Publisher(memory_url)
     for number in range(6):
         publisher.publish(str(number), channel="abc"[number % 3])
@@ -110,19 +72,21 @@ def test_several_channels_resume_each_from_its_own_position(memory_url: str) -> 
     assert len(seen[-1].last_event_id.split(",")) == 3
     for number in range(6, 9):
         publisher.publish(str(number), channel="abc"[number % 3])
-    again = Stream(app, "channel=a&channel=b&channel=c", {"Last-Event-ID": seen[-1].last_event_id})
+    again = client_stream("/stream?channel=a&channel=b&channel=c", headers={"Last-Event-ID": seen[-1].last_event_id})
     assert [event.data for event in again.events(5)] == ["4", "5", "6", "7", "8"]
     again.close()
 
 
-def test_a_trimmed_history_is_signalled_with_a_reset_event(memory_url: str) -> None:
-    app = make_app(memory_url, SSE_HISTORY=5)
-    first = Stream(app)
-    first.read()
+def test_a_trimmed_history_is_signalled_with_a_reset_event(
+    make_app: MakeApp, memory_url: str, client_stream: OpenClientStream
+) -> None:
+    client = make_app(SSE_HISTORY=5).test_client()
+    first = client_stream(client=client)
+    first.read_chunk()
     opening_id = first.parser.last_event_id
     first.close()
     publish_numbers(memory_url, range(300), history=5)
-    again = Stream(app, headers={"Last-Event-ID": opening_id})
+    again = client_stream(headers={"Last-Event-ID": opening_id}, client=client)
     reset, *kept = again.events(6)
     assert (reset.type, reset.data) == ("reset", '{"channel": "sse"}')
     assert 5 <= int(kept[-1].data) < 300
@@ -142,15 +106,16 @@ def test_a_trimmed_history_is_signalled_with_a_reset_event(memory_url: str) -> N
         ("-1-0", "is not an id this stream sent"),
     ],
 )
-def test_a_malformed_last_event_id_is_a_400(memory_url: str, last_event_id: str, error: str) -> None:
-    response = make_app(memory_url).test_client().get("/stream", headers={"Last-Event-ID": last_event_id})
+def test_a_malformed_last_event_id_is_a_400(client: FlaskClient, last_event_id: str, error: str) -> None:
+    response = client.get("/stream", headers={"Last-Event-ID": last_event_id})
     assert response.status_code == 400
     assert error in response.get_json()["error"]
 
 
-def test_ids_given_by_callers_give_way_to_positions(memory_url: str) -> None:
-    app = make_app(memory_url)
-    stream = Stream(app)
+def test_ids_given_by_callers_give_way_to_positions(
+    app: Flask, memory_url: str, client_stream: OpenClientStream
+) -> None:
+    stream = client_stream()
     with app.app_context():
         sse.publish("x", id=42)
     (event,) = stream.events(1)
@@ -159,11 +124,13 @@ def test_ids_given_by_callers_give_way_to_positions(memory_url: str) -> None:
     stream.close()
 
 
-def test_without_history_ids_pass_through_and_nothing_is_stored(memory_url: str) -> None:
-    app = make_app(memory_url, SSE_HISTORY=0)
-    stream = Stream(app, headers={"Last-Event-ID": "anything the old library sent"})
+def test_without_history_ids_pass_through_and_nothing_is_stored(
+    make_app: MakeApp, memory_url: str, client_stream: OpenClientStream
+) -> None:
+    app = make_app(SSE_HISTORY=0)
+    stream = client_stream(headers={"Last-Event-ID": "anything the old library sent"}, client=app.test_client())
     assert stream.status == 200
-    stream.read()
+    stream.read_chunk()
     assert stream.parser.last_event_id == ""  # no opening id
     with app.app_context():
         sse.publish("x", id=42)
@@ -177,11 +144,9 @@ def test_history_expires(memory_url: str) -> None:
     assert 0 < redis_client(memory_url).ttl("sse:history:{sse}") <= 7
 
 
-def test_max_age_ends_the_stream_cleanly(memory_url: str) -> None:
-    app = make_app(memory_url, SSE_MAX_AGE=0.3)
-    stream = Stream(app)
-    while not stream.ended:
-        stream.read()
+def test_max_age_ends_the_stream_cleanly(make_app: MakeApp, client_stream: OpenClientStream) -> None:
+    stream = client_stream(client=make_app(SSE_MAX_AGE=0.3).test_client())
+    stream.read_to_end()
     assert stream.parser.events == []
     assert stream.parser.comments  # keepalives until then
     stream.close()

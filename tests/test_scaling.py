@@ -12,7 +12,7 @@ import pytest
 from flask_sse import Publisher
 
 from .conftest import Gunicorn
-from .sse_client import StreamClient, wait_for
+from .sse_client import open_stream, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,9 +29,7 @@ def test_sigterm_ends_streams_within_2s_and_clients_resume_elsewhere(
 
     def client(number: int) -> None:
         try:
-            stream = StreamClient(old.port, "/stream?channel=roll")
-            while stream.read_line() != "\n":
-                pass
+            stream = open_stream(old, "channel=roll")
             opened.wait()
             last_event_id = stream.parser.last_event_id
             try:
@@ -42,7 +40,7 @@ def test_sigterm_ends_streams_within_2s_and_clients_resume_elsewhere(
             except EOFError:  # the old server ended the stream: a complete response
                 ended_at[number] = time.monotonic()
             stream.close()
-            stream = StreamClient(new.port, "/stream?channel=roll", {"Last-Event-ID": last_event_id})
+            stream = open_stream(new, "channel=roll", last_event_id=last_event_id)
             while not received[number] or received[number][-1] != total - 1:
                 received[number].append(int(stream.next_event().data))
             stream.close()
@@ -80,10 +78,7 @@ def test_every_subscriber_on_every_server_gets_each_event_once(
     streams = []
     for server in servers:
         for _ in range(10):  # spread over the server's workers by its accept loop
-            stream = StreamClient(server.port, "/stream?channel=everywhere")
-            while stream.read_line() != "\n":
-                pass
-            streams.append(stream)
+            streams.append(open_stream(server, "channel=everywhere"))
     publishers = [Publisher(redis_url)]  # publish from outside, and through each server
     for number in range(100):
         if number % 2:
