@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from typing import Any
 
@@ -138,6 +139,27 @@ class Message:
             payload,
         )
         return None
+
+
+def non_finite_path(data: Any, path: str = "data") -> str | None:
+    """Where ``data`` holds a NaN or infinite float, or ``None``.
+
+    JSON has no such numbers: Python writes ``NaN``/``Infinity``, which the
+    browser's ``JSON.parse`` rejects, so the event would reach nobody.
+    """
+    if isinstance(data, float):
+        return None if math.isfinite(data) else path
+    if isinstance(data, dict):
+        items: Any = data.items()
+    elif isinstance(data, list | tuple):
+        items = enumerate(data)
+    else:
+        return None
+    for key, value in items:
+        found = non_finite_path(value, f"{path}[{key!r}]")
+        if found:
+            return found
+    return None
 
 
 def _field(name: str, value: str) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 from flask import json
 
 from .config import DEFAULTS, channel_problem, check_redis_url
-from .message import EventId, Message
+from .message import EventId, Message, non_finite_path
 from .registry import history_for, is_cluster, redis_client
 
 
@@ -58,7 +58,8 @@ class Publisher:
     ) -> int:
         """Publish one event; return how many processes were listening.
 
-        Raises ``ValueError`` for a field that could break the stream and
+        Raises ``ValueError`` for a field that could break the stream (or
+        data holding NaN or infinity, which JSON cannot carry) and
         ``redis.ConnectionError`` when Redis cannot be reached: an event is
         never dropped silently.
         """
@@ -66,6 +67,12 @@ class Publisher:
         problem = channel_problem(channel, cluster=is_cluster(self.redis_url))
         if problem:
             raise ValueError(f"Cannot publish: {problem}.")
+        where = non_finite_path(data)
+        if where:
+            raise ValueError(
+                f"Cannot publish: {where} is NaN or infinite, which JSON cannot carry (the "
+                "browser's JSON.parse would reject the event). Send None or a string instead."
+            )
         return self._send(channel, Message(data, type=type, id=id, retry=retry))
 
     def _send(self, channel: str, message: Message) -> int:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 from flask import Flask, abort, request
 from flask.testing import FlaskClient
@@ -175,3 +178,28 @@ def test_before_request_guards_a_users_own_blueprint(make_app: MakeApp, memory_u
     response = client.get("/events?channel=news", buffered=False)
     assert response.status_code == 200
     response.close()
+
+
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        (float("nan"), "data is NaN"),
+        ({"price": float("inf")}, "data['price'] is NaN or infinite"),
+        ([1.0, {"deep": [float("-inf")]}], "data[1]['deep'][0]"),
+    ],
+)
+def test_nan_and_infinity_are_refused_at_publish_time(app: Flask, data: object, where: str) -> None:
+    with app.app_context():
+        with pytest.raises(ValueError, match=re.escape(where)):
+            sse.publish(data, channel="numbers")
+    with pytest.raises(ValueError, match="JSON cannot carry"):
+        Publisher(app.config["SSE_REDIS_URL"]).publish(data)
+
+
+def test_finite_floats_still_publish(app: Flask, client_stream: OpenClientStream) -> None:
+    stream = client_stream("/stream?channel=numbers")
+    with app.app_context():
+        sse.publish({"price": 3.25, "nested": [1e308]}, channel="numbers")
+    assert [json.loads(event.data) for event in stream.events(1)] == [
+        {"price": 3.25, "nested": [1e308]}
+    ]
