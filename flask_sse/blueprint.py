@@ -126,11 +126,15 @@ class ServerSentEventsBlueprint(Blueprint):
     def subscriber_count(self, channel: str) -> int:
         """Open streams of ``channel`` across every worker and machine.
 
-        Each worker reports its counts within about a second of a change, so
-        the figure trails by that much (see ``flask_sse/presence.py``).
+        Other workers report their counts within about a second of a change,
+        so their part trails by that much (see ``flask_sse/presence.py``);
+        this process's own part is live, so a ``channel_vacated`` receiver
+        sees its own last stream gone.
         """
         redis_url = app_state("sse.subscriber_count").config.redis_url
-        return presence.count(redis_client(redis_url), channel)
+        hub = hub_for(redis_url)
+        others = presence.count(redis_client(redis_url), channel, exclude=hub.presence_key)
+        return others + hub.local_subscribers(channel)
 
 
 def send_event(
@@ -163,13 +167,19 @@ def _init_app(setup: BlueprintSetupState) -> None:
 
 
 def _closed(app: Any, hub: Hub, subscription: Subscription) -> None:
-    """The response is closed: release the subscription, tell the receivers."""
+    """The response is closed: release the subscription, tell the receivers.
+
+    By now the request's context is gone, so the signals are sent with the
+    app's context pushed: receivers may use ``current_app``,
+    ``sse.subscriber_count()`` or ``send_event()`` as in a view.
+    """
     vacated = hub.unsubscribe(subscription)
-    signals.stream_closed.send(
-        app, channels=subscription.channels, reason=subscription.end_reason
-    )
-    for channel in vacated:
-        signals.channel_vacated.send(app, channel=channel)
+    with app.app_context():
+        signals.stream_closed.send(
+            app, channels=subscription.channels, reason=subscription.end_reason
+        )
+        for channel in vacated:
+            signals.channel_vacated.send(app, channel=channel)
 
 
 class _Refused(Exception):

@@ -91,6 +91,8 @@ class Hub:
         self._subscriptions: dict[Subscription, None] = {}
         self._closed = False
         self._scheduler = Scheduler(on_shutdown=self._end_all)
+        #: where this hub reports its counts, so a reader can use its live ones instead
+        self.presence_key = presence.key
         self._reporter = Reporter(presence, self._counts)
         self._owner_search = OwnerSearch(router, self._moved)
 

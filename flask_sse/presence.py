@@ -38,17 +38,18 @@ class Presence:
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
-        self._key = f"{_REGISTRY}:{uuid.uuid4().hex}"
+        #: the hash this hub's counts are written to
+        self.key = f"{_REGISTRY}:{uuid.uuid4().hex}"
 
     def report(self, counts: dict[str, int]) -> None:
         now = time.time()
         with self._client.pipeline(transaction=True) as pipe:
-            pipe.delete(self._key)
+            pipe.delete(self.key)
             if counts:
-                pipe.hset(self._key, mapping=counts)  # type: ignore[arg-type]
-                pipe.expire(self._key, TTL)
+                pipe.hset(self.key, mapping=counts)  # type: ignore[arg-type]
+                pipe.expire(self.key, TTL)
             pipe.execute()
-        self._client.zadd(_REGISTRY, {self._key: now})
+        self._client.zadd(_REGISTRY, {self.key: now})
         self._client.zremrangebyscore(_REGISTRY, 0, now - TTL)
 
 
@@ -105,9 +106,14 @@ class Reporter:
                 logger.info("Could not report subscriber counts (%s)", error)
 
 
-def totals(client: redis.Redis) -> dict[str, int]:
-    """Open streams per channel, summed over every hub that reported lately."""
+def totals(client: redis.Redis, exclude: str | None = None) -> dict[str, int]:
+    """Open streams per channel, summed over every hub that reported lately.
+
+    ``exclude``: the key of a hub whose report is left out (the caller adds
+    that hub's live counts instead of its last report).
+    """
     keys: Any = client.zrangebyscore(_REGISTRY, time.time() - TTL, "+inf")
+    keys = [key for key in keys if exclude is None or key != exclude.encode()]
     with client.pipeline(transaction=False) as pipe:
         for key in keys:
             pipe.hgetall(key)
@@ -120,6 +126,6 @@ def totals(client: redis.Redis) -> dict[str, int]:
     return summed
 
 
-def count(client: redis.Redis, channel: str) -> int:
-    """Open streams of ``channel`` across every worker and machine."""
-    return totals(client).get(channel, 0)
+def count(client: redis.Redis, channel: str, exclude: str | None = None) -> int:
+    """Open streams of ``channel`` across every worker and machine (but ``exclude``)."""
+    return totals(client, exclude).get(channel, 0)

@@ -18,8 +18,9 @@ Each is sent with the app as sender::
   process opened; ``channel_vacated(app, channel)``: its last one closed.
   Per process: for a total across workers use ``sse.subscriber_count()``.
 
-Receivers run in the stream's own thread (greenlet); keep them short, and
-hand slow work (an HTTP webhook) to a task queue.
+Receivers run in the stream's own thread (greenlet), with the app's context
+pushed (also for the signals sent after the request has ended); keep them
+short, and hand slow work (an HTTP webhook) to a task queue.
 """
 
 from __future__ import annotations
