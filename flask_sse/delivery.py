@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from .history import parse_position
+from .history import Position, parse_position
 from .message import Message
 
 logger = logging.getLogger("flask_sse")
@@ -25,13 +25,15 @@ class Delivery:
     when the hub received it (``time.monotonic()``).
     """
 
-    __slots__ = ("channel", "position", "chunk", "created", "_message", "_body")
+    __slots__ = ("channel", "position", "chunk", "created", "baseline", "_message", "_body")
 
     def __init__(self, channel: str, message: Message) -> None:
         self.channel = channel
         self.position = parse_position(message.id)
         self.chunk = message.encode()
         self.created = time.monotonic()
+        #: for a ``reset`` after history was lost: where the channel starts again
+        self.baseline: Position | None = None
         self._message = message
         self._body: bytes | None = None
 
@@ -46,9 +48,15 @@ class Delivery:
             return None
 
     @classmethod
-    def reset(cls, channel: str) -> Delivery:
-        """The ``reset`` event: history no longer holds all a client missed."""
-        return cls(channel, Message({"channel": channel}, type="reset"))
+    def reset(cls, channel: str, baseline: Position | None = None) -> Delivery:
+        """The ``reset`` event: history no longer holds all a client missed.
+
+        ``baseline``: the client's position was ahead of all history holds,
+        so it starts again from there (given in the event's id).
+        """
+        delivery = cls(channel, Message({"channel": channel}, type="reset"))
+        delivery.baseline = baseline
+        return delivery
 
     def body(self) -> bytes:
         """The wire form without ``id`` and without the final blank line.

@@ -17,6 +17,7 @@ and the client is told there is a gap.
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import redis
@@ -25,6 +26,10 @@ import redis
 Position = tuple[int, int]
 #: Where a channel's history starts: before every entry.
 ORIGIN: Position = (0, 0)
+
+#: How far ahead of this machine's clock a position on a channel without
+#: history may be before it counts as made up (clocks of servers differ).
+FUTURE_SLACK_MS = 60_000
 
 _POSITION = re.compile(r"(\d{1,20})-(\d{1,20})")
 
@@ -129,22 +134,35 @@ class History:
         entries: Any = self._client.xrevrange(history_key(channel), count=1)
         return parse_position(entries[0][0].decode()) if entries else ORIGIN  # type: ignore[return-value]
 
-    def after(self, channel: str, position: Position) -> tuple[list[tuple[Position, bytes]], bool]:
-        """Every stored event after ``position``, oldest first, and whether some are lost.
+    def after(
+        self, channel: str, position: Position
+    ) -> tuple[list[tuple[Position, bytes]], bool, Position]:
+        """Every stored event after ``position``, oldest first; whether some are lost; the newest.
 
         Events are payloads as published (with their ``id``). The flag is true
         when entries after ``position`` were trimmed, or the whole stream
-        expired and a new one began. (A stream that expired with nothing
-        published since cannot be told from one that never existed.)
+        expired and a new one began, or ``position`` is ahead of everything
+        history holds (history was lost: a restart without persistence, a
+        failover that lost writes; or the id is made up), in which case no
+        event comes with it and the caller starts again from the newest
+        position. A stream that expired with nothing published since cannot
+        be told from one that never existed: only a position more than
+        ``FUTURE_SLACK_MS`` ahead of this machine's clock is a gap there.
         """
         key = history_key(channel)
-        entries: Any = self._client.xrange(key, min="(" + format_position(position))
+        with self._client.pipeline(transaction=False) as pipe:
+            pipe.xrange(key, min="(" + format_position(position))
+            pipe.xrevrange(key, count=1)
+            entries, newest_entries = pipe.execute()
+        newest = parse_position(newest_entries[0][0].decode()) if newest_entries else None
         if not entries:
-            return [], False
+            if newest is None:
+                return [], position[0] > time.time() * 1000 + FUTURE_SLACK_MS, ORIGIN
+            return [], position > newest, newest
         events = []
         for entry_id, fields in entries:
             parsed = parse_position(entry_id.decode())
             assert parsed is not None
             events.append((parsed, with_position(fields[b"d"], entry_id)))
         predecessor = parse_position(entries[0][1].get(b"p", b"").decode())
-        return events, predecessor != position
+        return events, predecessor != position, events[-1][0]

@@ -344,8 +344,10 @@ class Hub:
 
     def _replay(self, name: str, channel: Channel, since: Position) -> None:
         """Dispatch what history holds after ``since``: published while we were away."""
-        events, gap = self._history.after(name, since)
-        deliveries = [Delivery.reset(name)] if gap else []
+        events, gap, newest = self._history.after(name, since)
+        # ahead of all history holds (history was lost): start again from its newest
+        baseline = None if events else newest
+        deliveries = [Delivery.reset(name, baseline)] if gap else []
         if gap:
             logger.warning(
                 "History of channel %r no longer holds all it missed after %s-%s", name, *since
@@ -357,6 +359,8 @@ class Hub:
         with self._lock:
             if events:
                 channel.last = channel.replayed_to = events[-1][0]
+            elif gap:
+                channel.last = newest
             fanout = channel.snapshot()
         for delivery in deliveries:
             for subscription in fanout:

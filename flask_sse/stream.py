@@ -178,9 +178,10 @@ def _backlog(
     """What history holds after each channel's position, oldest first."""
     backlog: list[tuple[Position, Delivery]] = []
     for channel in channels:
-        events, gap = history.after(channel, positions[channel])
+        events, gap, newest = history.after(channel, positions[channel])
         if gap:
-            backlog.append((positions[channel], Delivery.reset(channel)))
+            baseline = None if events else newest  # ahead of history: start again from newest
+            backlog.append((positions[channel], Delivery.reset(channel, baseline)))
         for position, payload in events:
             delivery = Delivery.decode(channel, payload)
             if delivery is not None:
@@ -197,6 +198,11 @@ def _render(
     parts = []
     for delivery in deliveries:
         position = delivery.position
+        if delivery.baseline is not None:  # history was lost: start again from its newest
+            positions[delivery.channel] = delivery.baseline
+            last_event_id = format_last_event_id(channels, positions).encode()
+            parts.append(delivery.body() + b"id:" + last_event_id + b"\n\n")
+            continue
         if position is None:  # not from history (a reset, a raw PUBLISH): sent without id
             parts.append(delivery.body() + b"\n")
             continue

@@ -127,11 +127,16 @@ class FakeHistory:
         events = self.events.get(channel)
         return events[-1][0] if events else ORIGIN
 
-    def after(self, channel: str, position: Position) -> tuple[list[tuple[Position, bytes]], bool]:
-        return [e for e in self.events.get(channel, []) if e[0] > position], self.gap
+    def after(
+        self, channel: str, position: Position
+    ) -> tuple[list[tuple[Position, bytes]], bool, Position]:
+        events = [e for e in self.events.get(channel, []) if e[0] > position]
+        return events, self.gap, self.newest(channel)
 
 
 class FakePresence:
+    key = "sse:presence:fake"
+
     def __init__(self) -> None:
         self.reports: list[dict[str, int]] = []
 
@@ -229,6 +234,23 @@ def test_replay_after_a_lost_link_and_live_copies_skipped(
     second.message("a", "5-0", "new")
     assert received(subscription, 3) == ["missed", "missed too", "new"]
     assert hub.positions(["a"]) == {"a": (5, 0)}
+
+
+def test_history_lost_while_away_resets_to_its_newest_and_goes_on(
+    hub: Hub, router: FakeRouter, history: FakeHistory
+) -> None:
+    history.append("a", (50, 0), "before the loss")
+    subscription, _ = hub.subscribe(["a"], 10)
+    router.live().message("a", "51-0", "seen")
+    assert received(subscription, 1) == ["seen"]
+    history.events["a"] = [((7, 0), b'{"id": "7-0", "data": "after the loss"}')]
+    history.gap = True  # Redis came back without its data: positions start lower
+    router.live().disconnect()
+    (reset,) = wait_for(subscription.wait)
+    assert reset.chunk.startswith(b"event:reset\n") and reset.baseline == (7, 0)
+    assert hub.positions(["a"]) == {"a": (7, 0)}
+    router.live().message("a", "8-0", "new")
+    assert received(subscription, 1) == ["new"]
 
 
 def test_a_gap_in_history_is_signalled_with_reset(

@@ -150,3 +150,33 @@ def test_max_age_ends_the_stream_cleanly(make_app: MakeApp, client_stream: OpenC
     assert stream.parser.events == []
     assert stream.parser.comments  # keepalives until then
     stream.close()
+
+
+@pytest.mark.parametrize("with_history", [True, False], ids=["history", "no-history"])
+def test_an_id_ahead_of_history_gets_reset_then_every_live_event(
+    memory_url: str, client_stream: OpenClientStream, with_history: bool
+) -> None:
+    """History lost (or a made-up id): never silence, but a reset and what comes next."""
+    if with_history:
+        publish_numbers(memory_url, range(3))
+    newest = History(redis_client(memory_url)).newest("sse")
+    stream = client_stream(headers={"Last-Event-ID": "99999999999999-0"})
+    (reset,) = stream.events(1)
+    assert reset.type == "reset"
+    assert reset.last_event_id == f"{newest[0]}-{newest[1]}"  # the browser's id is put right
+    publish_numbers(memory_url, range(3, 5))
+    assert [event.data for event in stream.events(3)[1:]] == ["3", "4"]
+    stream.close()
+
+
+def test_one_channel_ahead_of_history_leaves_the_others_alone(
+    memory_url: str, client_stream: OpenClientStream
+) -> None:
+    publish_numbers(memory_url, range(2), channel="a")
+    stream = client_stream("/stream?channel=a&channel=b", headers={"Last-Event-ID": "0-0,99999999999999-0"})
+    events = stream.events(3)
+    assert [(event.type, event.data) for event in events[:2]] == [("message", "0"), ("message", "1")]
+    assert events[2].type == "reset" and events[2].last_event_id.endswith(",0-0")
+    publish_numbers(memory_url, range(1), channel="b")
+    assert stream.events(4)[3].data == "0"
+    stream.close()
