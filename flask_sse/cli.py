@@ -54,7 +54,12 @@ def publish_command(channel: str, data: str, event_type: str | None, as_json: bo
 @click.command("listen")
 @with_appcontext
 @click.argument("channels", nargs=-1, required=True)
-@click.option("--last-event-id", help="Replay what history holds after this id first.")
+@click.option(
+    "--last-event-id",
+    help="Replay what history holds after this id first: one position per channel, "
+    "comma-separated, or one position for every channel (positions are times, so "
+    "'1763683200000-0' means everything since then).",
+)
 @click.option(
     "--format", "output", type=click.Choice(["sse", "json"]), default="sse", show_default=True,
     help="The wire form, or one JSON object per event.",
@@ -72,6 +77,8 @@ def listen_command(
             raise click.BadParameter(problem, param_hint="CHANNELS")
     resume = None
     if last_event_id and config.history:
+        if "," not in last_event_id:  # one position for every channel
+            last_event_id = ",".join([last_event_id] * len(channels))
         try:
             resume = parse_last_event_id(last_event_id, channels)
         except ValueError as error:

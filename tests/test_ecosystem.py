@@ -17,7 +17,7 @@ import pytest
 from flask_sse import Publisher, send_event, signals, sse
 from flask_sse.testing import captured_events, read_events
 
-from .conftest import Gunicorn, MakeApp, OpenClientStream, RedisServer
+from .conftest import ROOT, Gunicorn, MakeApp, OpenClientStream, RedisServer
 from .sse_client import StreamClient, wait_for
 
 Start = Callable[..., Gunicorn]
@@ -47,6 +47,22 @@ def test_cli_publish_then_listen_replays_from_history(make_app: MakeApp) -> None
     wire = runner.invoke(args=["sse", "listen", "news", "--last-event-id", first["id"], "--count", "1"])
     assert wire.output.startswith("retry:3000\nid:")
     assert "data:two\ndata:lines\nid:" in wire.output
+
+
+def test_the_readme_listen_line_with_one_position_for_every_channel(make_app: MakeApp) -> None:
+    runner = make_app().test_cli_runner()
+    runner.invoke(args=["sse", "publish", "news", "on news"])
+    runner.invoke(args=["sse", "publish", "alerts", "on alerts"])
+    readme_line = "flask sse listen news alerts --last-event-id 1763683200000-0 --format json"
+    heard = runner.invoke(args=[*readme_line.split()[1:], "--count", "4"])
+    assert heard.exit_code == 0, heard.output
+    events = [json.loads(line) for line in heard.output.splitlines()]
+    # that position is no entry of these new histories, so each channel says it may have a gap
+    assert [e["data"] for e in events if e.get("type") == "reset"] == [
+        '{"channel": "news"}', '{"channel": "alerts"}'
+    ]
+    assert [e["data"] for e in events if "type" not in e] == ["on news", "on alerts"]
+    assert readme_line in (ROOT / "README.md").read_text()
 
 
 @pytest.mark.parametrize(
