@@ -6,11 +6,15 @@ start-up with a message that says what to set, not at the first request.
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
+import logging
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 from flask.sansio.app import App
+from redis.connection import parse_url
 
 from .history import hash_tag
 
@@ -47,6 +51,11 @@ DEFAULTS: dict[str, Any] = {
     "SSE_END_STREAMS_ON_SIGTERM": True,
 }
 
+#: Keys that are not in ``DEFAULTS`` but mean something (the original library's).
+OTHER_KEYS = ("SSE_REDIS_URL", "SSE_REDIS_HOST", "SSE_REDIS_PORT", "SSE_REDIS_DB")
+
+logger = logging.getLogger("flask_sse")
+
 #: Longest channel name a client may ask for.
 MAX_CHANNEL_LENGTH = 200
 #: URL schemes the broker understands (``memory://`` is the embedded one).
@@ -76,6 +85,7 @@ class SSEConfig:
 
 def load_config(app: App) -> SSEConfig:
     """Fill in the defaults of ``app.config`` and validate every ``SSE_*`` key."""
+    _report_unknown_keys(app.config)
     for key, value in DEFAULTS.items():
         app.config.setdefault(key, value)
     config = app.config
@@ -128,6 +138,19 @@ def channel_problem(channel: object, *, cluster: bool = False) -> str | None:
     return None
 
 
+def _report_unknown_keys(config: Any) -> None:
+    """A misspelt ``SSE_*`` key would be ignored silently: say so, with a guess."""
+    known = [*DEFAULTS, *OTHER_KEYS]
+    for key in config:
+        if key.startswith("SSE_") and key not in known:
+            guess = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean {guess[0]}?" if guess else ""
+            logger.warning(
+                "%s is not a flask-sse setting and is ignored.%s The settings are: %s.",
+                key, hint, ", ".join(known),
+            )
+
+
 def _redis_url(config: Any) -> str:
     url = config.get("SSE_REDIS_URL") or config.get("REDIS_URL")
     legacy_keys = ("SSE_REDIS_HOST", "SSE_REDIS_PORT", "SSE_REDIS_DB")
@@ -135,6 +158,13 @@ def _redis_url(config: Any) -> str:
         host = config.get("SSE_REDIS_HOST", "localhost")
         port = config.get("SSE_REDIS_PORT", 6379)
         db = config.get("SSE_REDIS_DB", 0)
+        for key, value in (("SSE_REDIS_PORT", port), ("SSE_REDIS_DB", db)):
+            if isinstance(value, bool) or not str(value).isdigit():
+                raise ValueError(
+                    f"{key} must be a non-negative int, got {value!r}: for example "
+                    f"app.config[{key!r}] = {6379 if key == 'SSE_REDIS_PORT' else 0}, "
+                    "or set SSE_REDIS_URL = 'redis://host:6379/0' instead."
+                )
         url = f"redis://{host}:{port}/{db}"
     url = url or "redis://localhost:6379/0"
     config.setdefault("SSE_REDIS_URL", url)
@@ -144,13 +174,28 @@ def _redis_url(config: Any) -> str:
 
 def check_redis_url(url: object) -> None:
     """Refuse a URL the broker cannot use, saying what would work."""
+    example = (
+        "for example app.config['SSE_REDIS_URL'] = 'redis://localhost:6379/0', "
+        "'redis+cluster://node:7000' for Redis Cluster, or 'memory://' for the embedded broker."
+    )
     if not isinstance(url, str) or not url.startswith(REDIS_SCHEMES):
         raise ValueError(
             f"SSE_REDIS_URL must start with one of {', '.join(REDIS_SCHEMES)}, "
-            f"got {url!r}: for example app.config['SSE_REDIS_URL'] = "
-            "'redis://localhost:6379/0', 'redis+cluster://node:7000' for Redis Cluster, "
-            "or 'memory://' for the embedded broker."
+            f"got {url!r}: {example}"
         )
+    if url.startswith("memory://"):
+        if importlib.util.find_spec("fakeredis") is None:
+            raise ValueError(
+                f"SSE_REDIS_URL {url!r} needs fakeredis, the embedded broker: install "
+                "the 'memory' extra, or point SSE_REDIS_URL at a Redis server."
+            )
+        return
+    try:
+        parse_url(url.replace("+cluster", "", 1))  # type: ignore[no-untyped-call]
+    except ValueError as error:
+        raise ValueError(
+            f"SSE_REDIS_URL {url!r} is not a usable URL ({error}): {example}"
+        ) from None
 
 
 def _prefix(config: Any, key: str) -> str:

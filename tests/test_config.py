@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from typing import Any
 
 import pytest
@@ -101,3 +103,38 @@ def test_a_cluster_needs_a_hash_tag_before_any_closing_brace(channel: str, on_cl
     assert channel_problem(channel) is None
     problem = channel_problem(channel, cluster=True)
     assert (problem is None) if on_cluster is None else (on_cluster in str(problem))
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"SSE_REDIS_PORT": "abc"}, "SSE_REDIS_PORT must be a non-negative int, got 'abc'"),
+        ({"SSE_REDIS_HOST": "h", "SSE_REDIS_DB": -1}, "SSE_REDIS_DB must be a non-negative int"),
+        ({"SSE_REDIS_URL": "redis://localhost:abc/0"}, "is not a usable URL"),
+    ],
+)
+def test_redis_settings_that_would_fail_at_the_first_stream_fail_at_registration(
+    config: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        registered(**config)
+
+
+def test_memory_without_fakeredis_fails_at_registration(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = importlib.util.find_spec
+
+    def without_fakeredis(name: str, package: str | None = None) -> Any:
+        return None if name == "fakeredis" else real_find_spec(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_fakeredis)
+    with pytest.raises(ValueError, match="needs fakeredis, the embedded broker"):
+        registered(SSE_REDIS_URL="memory://")
+
+
+def test_a_misspelt_key_is_reported_with_a_guess(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="flask_sse"):
+        registered(SSE_REDIS_URL="memory://", SSE_KEEPALIVES=5, SSE_REDIS_PORT=6379)
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 1
+    assert messages[0].startswith("SSE_KEEPALIVES is not a flask-sse setting and is ignored.")
+    assert "Did you mean SSE_KEEPALIVE?" in messages[0]
