@@ -56,6 +56,9 @@ class ServerSentEventsBlueprint(Blueprint):
         self.record(_init_app)
         for command in (cli.publish_command, cli.listen_command, cli.stats_command):
             self.cli.add_command(command)
+        self.cli.help = (
+            f"Publish, listen and see counts of the '{name}' server-sent events blueprint."
+        )
 
     def publish(
         self,

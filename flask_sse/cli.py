@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import click
+import redis
 from flask import current_app
 from flask.cli import with_appcontext
 
@@ -30,13 +31,27 @@ def _state() -> SSEState:
         raise click.ClickException(str(error)) from None
 
 
+def _unreachable(doing: str, redis_url: str, error: Exception) -> click.ClickException:
+    return click.ClickException(
+        f"Cannot {doing}: Redis at {redis_url} is unreachable ({error}). "
+        "Check SSE_REDIS_URL, and that the Redis server is running."
+    )
+
+
 @click.command("publish")
 @with_appcontext
 @click.argument("channel")
 @click.argument("data")
 @click.option("--type", "event_type", help="The event type (the browser's addEventListener name).")
 @click.option("--json", "as_json", is_flag=True, help="Parse DATA as JSON.")
-def publish_command(channel: str, data: str, event_type: str | None, as_json: bool) -> None:
+@click.option("--id", "event_id", help="The event's id (with history on, its position is used).")
+@click.option(
+    "--retry", type=click.IntRange(min=0), help="The browser's reconnection delay, in ms."
+)
+def publish_command(
+    channel: str, data: str, event_type: str | None, as_json: bool, event_id: str | None,
+    retry: int | None,
+) -> None:
     """Publish DATA on CHANNEL."""
     value: Any = data
     if as_json:
@@ -44,10 +59,15 @@ def publish_command(channel: str, data: str, event_type: str | None, as_json: bo
             value = json.loads(data)
         except ValueError as error:
             raise click.BadParameter(f"not JSON: {error}", param_hint="DATA") from None
+    state = _state()
     try:
-        receivers = _state().publisher.publish(value, type=event_type, channel=channel)
+        receivers = state.publisher.publish(
+            value, type=event_type, id=event_id, retry=retry, channel=channel
+        )
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
+    except redis.RedisError as error:
+        raise _unreachable("publish", state.config.redis_url, error) from None
     click.echo(f"Published on {channel!r}: {receivers} process(es) listening.")
 
 
@@ -113,8 +133,11 @@ def listen_command(
 def stats_command() -> None:
     """Open streams per channel (all workers and machines) and history lengths."""
     redis_url = _state().config.redis_url
-    counts = presence.totals(redis_client(redis_url))
-    lengths = history_for(redis_url).lengths()
+    try:
+        counts = presence.totals(redis_client(redis_url))
+        lengths = history_for(redis_url).lengths()
+    except redis.RedisError as error:
+        raise _unreachable("read the counts", redis_url, error) from None
     channels = sorted(set(counts) | set(lengths))
     if not channels:
         click.echo("No open streams and no history.")

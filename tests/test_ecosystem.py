@@ -66,6 +66,29 @@ def test_the_readme_listen_line_with_one_position_for_every_channel(make_app: Ma
 
 
 @pytest.mark.parametrize(
+    ("args", "doing"), [(["publish", "news", "x"], "publish"), (["stats"], "read the counts")]
+)
+def test_cli_says_in_one_line_that_redis_is_unreachable(
+    make_app: MakeApp, args: list[str], doing: str
+) -> None:
+    unreachable = "redis://127.0.0.1:1/0"
+    result = make_app(unreachable).test_cli_runner().invoke(args=["sse", *args])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: Cannot {doing}: Redis at {unreachable} is unreachable")
+    assert "Check SSE_REDIS_URL" in result.output and len(result.output.splitlines()) == 1
+
+
+def test_cli_publish_takes_an_id_and_retry_and_the_group_has_help(make_app: MakeApp) -> None:
+    app = make_app(SSE_HISTORY=0)
+    runner = app.test_cli_runner()
+    with captured_events(app) as events:
+        published = runner.invoke(args=["sse", "publish", "news", "x", "--id", "7", "--retry", "250"])
+    assert published.exit_code == 0, published.output
+    assert [(e.channel, e.message.id, e.message.retry) for e in events] == [("news", "7", 250)]
+    assert "Publish, listen and see counts" in runner.invoke(args=["sse", "--help"]).output
+
+
+@pytest.mark.parametrize(
     ("args", "error"),
     [
         (["publish", "news", "{not json", "--json"], "not JSON"),
@@ -74,6 +97,7 @@ def test_the_readme_listen_line_with_one_position_for_every_channel(make_app: Ma
         (["listen", ""], "must not be empty"),
         (["listen", "news", "--last-event-id", "nope"], "is not an id this stream sent"),
         (["listen", "news", "--count", "0"], "0 is not in the range x>=1"),
+        (["publish", "news", "x", "--retry", "-1"], "-1 is not in the range x>=0"),
     ],
 )
 def test_cli_refuses_bad_input_with_a_message(make_app: MakeApp, args: list[str], error: str) -> None:
