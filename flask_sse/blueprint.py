@@ -114,7 +114,10 @@ class ServerSentEventsBlueprint(Blueprint):
         try:
             hub, subscription, occupied, body = open_stream(config, channels, resume, transport)
         except HubUnavailable as error:
-            return _unavailable(f"The event broker is unavailable: {error}.")
+            return _unavailable(
+                f"The event broker is unavailable: {error}. Check SSE_REDIS_URL and that its "
+                "Redis server is running (or use 'memory://' for development)."
+            )
         response = EventStreamResponse(
             body, transport, config.direct_write,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

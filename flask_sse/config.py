@@ -172,30 +172,34 @@ def _redis_url(config: Any) -> str:
     return str(url)
 
 
-def check_redis_url(url: object) -> None:
-    """Refuse a URL the broker cannot use, saying what would work."""
+def check_redis_url(url: object, setting: str = "SSE_REDIS_URL") -> None:
+    """Refuse a URL the broker cannot use, saying what would work.
+
+    ``setting`` names where the URL came from, for the message: the app's
+    ``SSE_REDIS_URL``, or ``Publisher(redis_url)``.
+    """
+    where = "app.config['SSE_REDIS_URL'] = " if setting == "SSE_REDIS_URL" else f"{setting}("
+    close = "" if setting == "SSE_REDIS_URL" else ")"
     example = (
-        "for example app.config['SSE_REDIS_URL'] = 'redis://localhost:6379/0', "
+        f"for example {where}'redis://localhost:6379/0'{close}, "
         "'redis+cluster://node:7000' for Redis Cluster, or 'memory://' for the embedded broker."
     )
+    name = setting if setting == "SSE_REDIS_URL" else f"The redis_url of {setting}()"
     if not isinstance(url, str) or not url.startswith(REDIS_SCHEMES):
         raise ValueError(
-            f"SSE_REDIS_URL must start with one of {', '.join(REDIS_SCHEMES)}, "
-            f"got {url!r}: {example}"
+            f"{name} must start with one of {', '.join(REDIS_SCHEMES)}, got {url!r}: {example}"
         )
     if url.startswith("memory://"):
         if importlib.util.find_spec("fakeredis") is None:
             raise ValueError(
-                f"SSE_REDIS_URL {url!r} needs fakeredis, the embedded broker: install "
-                "the 'memory' extra, or point SSE_REDIS_URL at a Redis server."
+                f"{name} {url!r} needs fakeredis, the embedded broker: install "
+                "the 'memory' extra, or use a Redis server's URL."
             )
         return
     try:
         parse_url(url.replace("+cluster", "", 1))  # type: ignore[no-untyped-call]
     except ValueError as error:
-        raise ValueError(
-            f"SSE_REDIS_URL {url!r} is not a usable URL ({error}): {example}"
-        ) from None
+        raise ValueError(f"{name} {url!r} is not a usable URL ({error}): {example}") from None
 
 
 def _prefix(config: Any, key: str) -> str:

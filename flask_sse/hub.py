@@ -286,25 +286,33 @@ class Hub:
         logger.warning("Cannot reach Redis %s for pub/sub (%s); retrying", link.node, error)
 
     def link_down(self, link: Link) -> bool:
-        """After a failure: move channels whose slot has a new owner; True if the link is done."""
-        if not self._router.sharded:
-            return False
+        """After a failure: True if the link should stop.
+
+        It stops when it carries no channel (no stream needs it, so nothing
+        retries or logs until the next stream opens). On a cluster, channels
+        whose slot has a new owner move there first.
+        """
+        if self._router.sharded:
+            self._reroute(link)
+        with self._lock:
+            if link.channels:
+                return False
+            if self._links.get(link.node) is link:
+                del self._links[link.node]
+            return True
+
+    def _reroute(self, link: Link) -> None:
         with self._lock:
             names = list(link.channels)
         try:
             found = owners(self._router, names)
         except Exception as error:  # noqa: BLE001 - the cluster is still settling
             logger.info("Cannot refresh the cluster's topology yet (%s)", error)
-            return False
+            return
         with self._lock:
             for name, node in found.items():
                 if name in link.channels and node != link.node:
                     self._move(name, node)
-            if link.channels:
-                return False
-            if self._links.get(link.node) is link:
-                del self._links[link.node]
-            return True
 
     def dropped(self, link: Link, name: str) -> None:
         """A shard dropped a channel we still want: its slot moved (failover, resharding)."""

@@ -37,7 +37,7 @@ class Publisher:
         history: int = DEFAULTS["SSE_HISTORY"],
         history_ttl: int = DEFAULTS["SSE_HISTORY_TTL"],
     ) -> None:
-        check_redis_url(redis_url)
+        check_redis_url(redis_url, setting="Publisher")
         problem = channel_problem(default_channel)
         if problem:
             raise ValueError(f"default_channel is not usable: {problem}.")
@@ -78,16 +78,29 @@ class Publisher:
     def _send(self, channel: str, message: Message) -> int:
         if not self.history:
             client = redis_client(self.redis_url)
-            payload = json.dumps(message.to_dict())
+            payload = _payload(message)
             if is_cluster(self.redis_url):
                 return int(client.spublish(channel, payload))
             return int(client.publish(channel, payload))
         message.id = None  # the history position becomes the id
         history = history_for(self.redis_url)
         _, receivers = history.publish(
-            channel, json.dumps(message.to_dict()), self.history, self.history_ttl
+            channel, _payload(message), self.history, self.history_ttl
         )
         return receivers
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.redis_url!r})"
+
+
+def _payload(message: Message) -> str:
+    """The message as the JSON object publishers write, or a TypeError that says how to fix it."""
+    try:
+        return json.dumps(message.to_dict())
+    except TypeError as error:
+        raise TypeError(
+            f"Cannot publish: the data holds something JSON cannot encode ({error}). "
+            "Convert it first (str(value), or a dict of its fields), or teach the app's "
+            "JSON provider about the type (a subclass of flask.json.provider."
+            "DefaultJSONProvider, set as app.json)."
+        ) from None

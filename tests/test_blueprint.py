@@ -203,3 +203,19 @@ def test_finite_floats_still_publish(app: Flask, client_stream: OpenClientStream
     assert [json.loads(event.data) for event in stream.events(1)] == [
         {"price": 3.25, "nested": [1e308]}
     ]
+
+
+def test_data_json_cannot_encode_says_which_type_and_how_to_fix(app: Flask) -> None:
+    class Price:
+        pass
+
+    with app.app_context():
+        with pytest.raises(TypeError, match="Price is not JSON serializable") as raised:
+            sse.publish({"price": Price()}, channel="numbers")
+    assert "str(value)" in str(raised.value) and "app.json" in str(raised.value)
+
+
+def test_the_503_names_the_setting_to_check(app: Flask, memory_url: str, client: FlaskClient) -> None:
+    redis_client(memory_url).connection_pool.connection_kwargs["server"].connected = False
+    error = client.get("/stream").get_json()["error"]
+    assert "Check SSE_REDIS_URL" in error and "memory://" in error

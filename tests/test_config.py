@@ -87,8 +87,10 @@ def test_two_blueprints_share_the_app_state(make_app: MakeApp) -> None:
 
 
 def test_publisher_refuses_a_bad_url_or_channel() -> None:
-    with pytest.raises(ValueError, match="SSE_REDIS_URL must start with"):
-        Publisher("localhost:6379")
+    with pytest.raises(ValueError, match=r"The redis_url of Publisher\(\) must start with") as bad:
+        Publisher("http://x")
+    assert "app.config" not in str(bad.value)
+    assert "Publisher('redis://localhost:6379/0')" in str(bad.value)
     with pytest.raises(ValueError, match="must not be empty"):
         Publisher("memory://", default_channel="")
 

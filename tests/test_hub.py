@@ -319,6 +319,21 @@ def test_redis_down_is_unavailable_not_a_hang(router: FakeRouter, history: FakeH
         hub.close()
 
 
+def test_a_link_nobody_needs_stops_retrying(router: FakeRouter, history: FakeHistory) -> None:
+    router.down.add("server")
+    hub = Hub(router, history, FakePresence(), subscribe_timeout=2)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(HubUnavailable):
+            hub.subscribe(["a"], 10)
+        wait_for(lambda: not [t for t in threading.enumerate() if t.name.startswith("flask-sse-link")],
+                 what="the link's reader to stop")
+        router.down.clear()  # Redis is back: the next stream opens a link again
+        subscription, _ = hub.subscribe(["a"], 10)
+        assert not subscription.ended
+    finally:
+        hub.close()
+
+
 def test_shutdown_ends_every_stream_from_the_scheduler(hub: Hub) -> None:
     first, _ = hub.subscribe(["a"], 10)
     first.wake_at(float("inf"))
