@@ -137,7 +137,7 @@ def _memory_client(url: str) -> redis.Redis:
     except ImportError:
         raise RuntimeError(
             f"SSE_REDIS_URL {url!r} needs fakeredis, the embedded broker: "
-            "pip install 'flask-sse[memory]', or point SSE_REDIS_URL at a Redis server."
+            "pip install 'flask-sse-hub[memory]', or point SSE_REDIS_URL at a Redis server."
         ) from None
     client: Any = fakeredis.FakeRedis(server=fakeredis.FakeServer())
     return client  # type: ignore[no-any-return]
