@@ -26,9 +26,18 @@ from .stream import KEEPALIVE, open_stream, parse_last_event_id
 
 def _state() -> SSEState:
     try:
-        return app_state("flask sse", current_app._get_current_object())  # type: ignore[attr-defined]
+        state = app_state("flask sse", current_app._get_current_object())  # type: ignore[attr-defined]
     except RuntimeError as error:
         raise click.ClickException(str(error)) from None
+    url = state.config.redis_url
+    if url.startswith("memory://"):
+        click.echo(
+            f"Warning: SSE_REDIS_URL is {url!r}, the embedded broker inside this command's "
+            "own process: no server's streams see what it publishes or counts. Set "
+            "SSE_REDIS_URL (or REDIS_URL) to the Redis server your app uses.",
+            err=True,
+        )
+    return state
 
 
 def _unreachable(doing: str, redis_url: str, error: Exception) -> click.ClickException:

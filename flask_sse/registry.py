@@ -13,6 +13,7 @@ It also holds the one process-wide hook: ending every stream on SIGTERM
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -26,6 +27,9 @@ from .hub import Hub
 from .links import READ_TIMEOUT
 from .presence import Presence
 from .routing import ClusterRouter, Router
+from .transport import sibling_workers
+
+logger = logging.getLogger("flask_sse")
 
 _lock = threading.Lock()  # guards the three dicts and _sigterm_installed
 _clients: dict[str, redis.Redis] = {}
@@ -139,6 +143,15 @@ def _memory_client(url: str) -> redis.Redis:
             f"SSE_REDIS_URL {url!r} needs fakeredis, the embedded broker: "
             "pip install 'flask-sse-hub[memory]', or point SSE_REDIS_URL at a Redis server."
         ) from None
+    others = sibling_workers()
+    if others:
+        logger.error(
+            "SSE_REDIS_URL is %r, the embedded broker of ONE process, but this server runs "
+            "%d more worker processes: each has a broker of its own, so an event published "
+            "in one worker reaches only the streams of that worker. Set SSE_REDIS_URL (or "
+            "REDIS_URL) to a Redis server, or run a single worker (-w 1).",
+            url, others,
+        )
     client: Any = fakeredis.FakeRedis(server=fakeredis.FakeServer())
     return client  # type: ignore[no-any-return]
 

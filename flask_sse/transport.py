@@ -31,6 +31,22 @@ from .history import Position
 from .subscription import Subscription
 
 
+def sibling_workers() -> int:
+    """How many other worker processes the gunicorn that started this one runs (0 if unknown).
+
+    Read from ``/proc`` (Linux): the parent's command line and its children.
+    """
+    parent = os.getppid()
+    try:
+        with open(f"/proc/{parent}/cmdline", "rb") as cmdline:
+            if b"gunicorn" not in cmdline.read():
+                return 0
+        with open(f"/proc/{parent}/task/{parent}/children") as children:
+            return max(0, len(children.read().split()) - 1)
+    except OSError:
+        return 0
+
+
 class Transport:
     """One stream's view of its server: the client's socket, and the way out."""
 

@@ -353,9 +353,13 @@ def gunicorn() -> Iterator[Callable[..., Gunicorn]]:
         app: str = "tests.serve:app",
         options: tuple[str, ...] = ("-w", "1"),
         env: dict[str, str] | None = None,
+        log: Path | None = None,
         **settings: object,
     ) -> Gunicorn:
-        """``settings`` are ``SSE_*`` keys for ``tests.serve``'s config; ``env`` more variables."""
+        """``settings`` are ``SSE_*`` keys for ``tests.serve``'s config; ``env`` more variables.
+
+        ``log``: a file for the server's stderr (its log), instead of the test's output.
+        """
         port = free_port()
         env = {
             **os.environ,
@@ -369,7 +373,10 @@ def gunicorn() -> Iterator[Callable[..., Gunicorn]]:
             "--worker-connections", "2000", "--graceful-timeout", "2",
             "-b", f"127.0.0.1:{port}", app,
         ]
-        process = subprocess.Popen(command, cwd=ROOT, env=env)
+        stderr = log.open("ab") if log is not None else None
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=stderr)
+        if stderr is not None:
+            stderr.close()  # the server holds its own copy
         server = Gunicorn(port, process)
         started.append(server)
 

@@ -36,17 +36,18 @@ def test_cli_publish_then_listen_replays_from_history(make_app: MakeApp) -> None
     runner = make_app().test_cli_runner()
     published = runner.invoke(args=["sse", "publish", "news", '{"price": 3}', "--json", "--type", "update"])
     assert published.exit_code == 0, published.output
-    assert published.output == "Published on 'news': 0 process(es) listening.\n"
+    assert published.stdout == "Published on 'news': 0 process(es) listening.\n"
+    assert "the embedded broker inside this command's own process" in published.stderr
     runner.invoke(args=["sse", "publish", "news", "two\nlines"])
     heard = runner.invoke(args=["sse", "listen", "news", "--last-event-id", "0-0", "--count", "2", "--format", "json"])
     assert heard.exit_code == 0, heard.output
-    first, second = (json.loads(line) for line in heard.output.splitlines())
+    first, second = (json.loads(line) for line in heard.stdout.splitlines())
     assert (first["data"], first["type"]) == ('{"price": 3}', "update")
     assert second["data"] == "two\nlines" and "type" not in second
     assert first["id"] < second["id"]
     wire = runner.invoke(args=["sse", "listen", "news", "--last-event-id", first["id"], "--count", "1"])
-    assert wire.output.startswith("retry:3000\nid:")
-    assert "data:two\ndata:lines\nid:" in wire.output
+    assert wire.stdout.startswith("retry:3000\nid:")
+    assert "data:two\ndata:lines\nid:" in wire.stdout
 
 
 def test_the_readme_listen_line_with_one_position_for_every_channel(make_app: MakeApp) -> None:
@@ -56,7 +57,7 @@ def test_the_readme_listen_line_with_one_position_for_every_channel(make_app: Ma
     readme_line = "flask sse listen news alerts --last-event-id 1763683200000-0 --format json"
     heard = runner.invoke(args=[*readme_line.split()[1:], "--count", "4"])
     assert heard.exit_code == 0, heard.output
-    events = [json.loads(line) for line in heard.output.splitlines()]
+    events = [json.loads(line) for line in heard.stdout.splitlines()]
     # that position is no entry of these new histories, so each channel says it may have a gap
     assert [e["data"] for e in events if e.get("type") == "reset"] == [
         '{"channel": "news"}', '{"channel": "alerts"}'

@@ -10,15 +10,17 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from flask_sse import Publisher
 
-from .conftest import Gunicorn, RedisServer
+from .conftest import ROOT, Gunicorn, RedisServer
 from .sse_client import Parser, StreamClient, wait_for
 
 pytestmark = pytest.mark.integration
@@ -122,3 +124,24 @@ def test_keepalives_keep_their_time_while_redis_is_frozen(
     print("keepalive gaps while Redis was frozen (s):", json.dumps([round(g, 2) for g in gaps]))
     assert max(gaps) < keepalive * 1.5
     first.close()
+
+
+def test_memory_under_several_workers_is_an_error_in_the_log(
+    gunicorn: Start, tmp_path: Path
+) -> None:
+    log = tmp_path / "gunicorn.log"
+    server = gunicorn("memory://", options=("-w", "2"), log=log)
+    stream = StreamClient(server.port, "/stream?channel=news")
+    assert stream.status == 200
+    wait_for(lambda: "embedded broker of ONE process" in log.read_text(), what="the error in the log")
+    assert "run a single worker (-w 1)" in log.read_text()
+    stream.close()
+
+
+def test_the_procfile_refuses_to_start_without_a_redis_url() -> None:
+    (line,) = (ROOT / "Procfile").read_text().splitlines()
+    command = line.removeprefix("web: ")
+    env = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
+    result = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert "set REDIS_URL to a Redis server" in result.stderr
