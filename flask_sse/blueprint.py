@@ -7,6 +7,7 @@ read and validated then, and the app's state is kept in
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from functools import partial
 from typing import Any
@@ -25,7 +26,9 @@ from .registry import hub_for, is_cluster, redis_client
 from .state import SSEState, app_state
 from .stream import open_stream, parse_last_event_id
 from .subscription import Subscription
-from .transport import EventStreamResponse, Transport
+from .transport import EventStreamResponse, Transport, server_problem
+
+logger = logging.getLogger("flask_sse")
 
 #: Seconds a client is asked to wait after a 503.
 RETRY_AFTER_SECONDS = 5
@@ -110,6 +113,12 @@ class ServerSentEventsBlueprint(Blueprint):
                 f"This server holds its limit of {config.max_connections} streams "
                 "(SSE_MAX_CONNECTIONS)."
             )
+        problem = server_problem(request.environ)
+        if problem is not None:
+            refuse, message = problem
+            if refuse:
+                return _unavailable(message)
+            _warn_once(message)
         transport = Transport.from_environ(request.environ)
         try:
             hub, subscription, occupied, body = open_stream(config, channels, resume, transport)
@@ -224,6 +233,16 @@ def _read_request(config: SSEConfig) -> tuple[tuple[str, ...], dict[str, Positio
         return channels, parse_last_event_id(last_event_id, channels)
     except ValueError as error:
         raise _Refused(400, str(error)) from None
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Log a problem with the server once per process, loudly."""
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning(message)
 
 
 def _unavailable(message: str) -> Any:

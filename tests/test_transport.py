@@ -145,3 +145,27 @@ def test_the_procfile_refuses_to_start_without_a_redis_url() -> None:
     result = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode != 0
     assert "set REDIS_URL to a Redis server" in result.stderr
+
+
+def test_a_sync_worker_refuses_streams_with_a_503_that_says_why(
+    gunicorn: Start, redis_url: str
+) -> None:
+    server = gunicorn(redis_url, options=("-k", "sync", "-w", "1"))
+    stream = StreamClient(server.port, "/stream?channel=news")
+    assert stream.status == 503
+    assert "gunicorn -k gevent" in json.loads(stream.body())["error"]
+    stream.close()
+    assert server.request("GET", "/pid")[0] == 200  # the worker is free for other requests
+
+
+def test_a_threaded_worker_says_once_in_the_log_what_limits_it(
+    gunicorn: Start, redis_url: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "gunicorn.log"
+    server = gunicorn(redis_url, options=("-k", "gthread", "--threads", "4", "-w", "1"), log=log)
+    streams = [StreamClient(server.port, "/stream?channel=news") for _ in range(2)]
+    assert [stream.status for stream in streams] == [200, 200]
+    wait_for(lambda: "threaded (gthread) worker" in log.read_text(), what="the warning")
+    assert log.read_text().count("threaded (gthread) worker") == 1
+    for stream in streams:
+        stream.close()
