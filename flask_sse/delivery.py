@@ -69,3 +69,24 @@ class Delivery:
             without_id = Message(message.data, type=message.type, retry=message.retry)
             self._body = without_id.encode()[:-1]
         return self._body
+
+
+def from_history(
+    channel: str,
+    since: Position,
+    events: list[tuple[Position, bytes]],
+    gap: bool,
+    newest: Position,
+) -> list[tuple[Position, Delivery]]:
+    """What ``History.after(channel, since)`` returned, as deliveries with their positions.
+
+    A gap comes first as a ``reset`` (at ``since``). With no event at all it
+    means ``since`` is ahead of all history holds (history was lost), and the
+    reset carries ``newest`` as the channel's new start.
+    """
+    deliveries = [(since, Delivery.reset(channel, None if events else newest))] if gap else []
+    for position, payload in events:
+        delivery = Delivery.decode(channel, payload)
+        if delivery is not None:
+            deliveries.append((position, delivery))
+    return deliveries

@@ -49,11 +49,11 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from .channels import Channel, ChannelTable
-from .delivery import Delivery
+from .delivery import Delivery, from_history
 from .history import History, Position
 from .links import Link
 from .presence import Presence, Reporter
-from .routing import OwnerSearch, Router, owners
+from .routing import OwnerSearch, Router
 from .scheduler import Scheduler
 from .subscription import CloseReason, Subscription
 
@@ -286,33 +286,20 @@ class Hub:
         logger.warning("Cannot reach Redis %s for pub/sub (%s); retrying", link.node, error)
 
     def link_down(self, link: Link) -> bool:
-        """After a failure: True if the link should stop.
+        """After a failure: True if the link should stop (it carries no channel).
 
-        It stops when it carries no channel (no stream needs it, so nothing
-        retries or logs until the next stream opens). On a cluster, channels
-        whose slot has a new owner move there first.
+        So nothing retries or logs while no stream needs the link. On a
+        cluster, the owner search moves each channel once the topology names
+        a new owner for its slot (asked again after every failure).
         """
-        if self._router.sharded:
-            self._reroute(link)
-        with self._lock:
-            if link.channels:
-                return False
-            if self._links.get(link.node) is link:
-                del self._links[link.node]
-            return True
-
-    def _reroute(self, link: Link) -> None:
         with self._lock:
             names = list(link.channels)
-        try:
-            found = owners(self._router, names)
-        except Exception as error:  # noqa: BLE001 - the cluster is still settling
-            logger.info("Cannot refresh the cluster's topology yet (%s)", error)
-            return
-        with self._lock:
-            for name, node in found.items():
-                if name in link.channels and node != link.node:
-                    self._move(name, node)
+            if not names and self._links.get(link.node) is link:
+                del self._links[link.node]
+        if self._router.sharded:
+            for name in names:
+                self._owner_search.search(name, link.node)
+        return not names
 
     def dropped(self, link: Link, name: str) -> None:
         """A shard dropped a channel we still want: its slot moved (failover, resharding)."""
@@ -353,24 +340,17 @@ class Hub:
     def _replay(self, name: str, channel: Channel, since: Position) -> None:
         """Dispatch what history holds after ``since``: published while we were away."""
         events, gap, newest = self._history.after(name, since)
-        # ahead of all history holds (history was lost): start again from its newest
-        baseline = None if events else newest
-        deliveries = [Delivery.reset(name, baseline)] if gap else []
         if gap:
-            logger.warning(
-                "History of channel %r no longer holds all it missed after %s-%s", name, *since
-            )
-        for _, payload in events:
-            delivery = Delivery.decode(name, payload)
-            if delivery is not None:
-                deliveries.append(delivery)
+            logger.warning("History of channel %r lacks some of what came after %s-%s",
+                           name, *since)
+        deliveries = from_history(name, since, events, gap, newest)
         with self._lock:
             if events:
                 channel.last = channel.replayed_to = events[-1][0]
-            elif gap:
+            elif gap:  # history was lost: start again from its newest
                 channel.last = newest
             fanout = channel.snapshot()
-        for delivery in deliveries:
+        for _, delivery in deliveries:
             for subscription in fanout:
                 subscription.deliver(delivery)
         if events:

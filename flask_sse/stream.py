@@ -24,7 +24,7 @@ import redis
 
 from . import registry
 from .config import SSEConfig
-from .delivery import Delivery
+from .delivery import Delivery, from_history
 from .history import History, Position, format_position, parse_position
 from .hub import Hub
 from .subscription import CloseReason, Subscription
@@ -178,14 +178,8 @@ def _backlog(
     """What history holds after each channel's position, oldest first."""
     backlog: list[tuple[Position, Delivery]] = []
     for channel in channels:
-        events, gap, newest = history.after(channel, positions[channel])
-        if gap:
-            baseline = None if events else newest  # ahead of history: start again from newest
-            backlog.append((positions[channel], Delivery.reset(channel, baseline)))
-        for position, payload in events:
-            delivery = Delivery.decode(channel, payload)
-            if delivery is not None:
-                backlog.append((position, delivery))
+        since = positions[channel]
+        backlog += from_history(channel, since, *history.after(channel, since))
     backlog.sort(key=lambda item: item[0])
     return [delivery for _, delivery in backlog]
 
