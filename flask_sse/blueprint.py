@@ -22,7 +22,7 @@ from .history import Position
 from .hub import Hub, HubUnavailable
 from .message import EventId
 from .publisher import Publisher
-from .registry import hub_for, is_cluster, redis_client
+from .registry import hub_for, is_cluster, names_for, redis_client
 from .state import SSEState, app_state
 from .stream import open_stream, parse_last_event_id
 from .subscription import Subscription
@@ -107,7 +107,7 @@ class ServerSentEventsBlueprint(Blueprint):
             channels, resume = _read_request(config)
         except _Refused as refused:
             return jsonify(error=str(refused)), refused.status
-        hub = hub_for(config.redis_url)
+        hub = hub_for(config.redis_url, config.namespace)
         if config.max_connections and hub.streams >= config.max_connections:
             return _unavailable(
                 f"This server holds its limit of {config.max_connections} streams "
@@ -146,9 +146,11 @@ class ServerSentEventsBlueprint(Blueprint):
         this process's own part is live, so a ``channel_vacated`` receiver
         sees its own last stream gone.
         """
-        redis_url = app_state("sse.subscriber_count").config.redis_url
-        hub = hub_for(redis_url)
-        others = presence.count(redis_client(redis_url), channel, exclude=hub.presence_key)
+        config = app_state("sse.subscriber_count").config
+        hub = hub_for(config.redis_url, config.namespace)
+        names = names_for(config.redis_url, config.namespace)
+        client = redis_client(config.redis_url)
+        others = presence.count(client, channel, names, exclude=hub.presence_key)
         return others + hub.local_subscribers(channel)
 
 
@@ -170,7 +172,8 @@ def _init_app(setup: BlueprintSetupState) -> None:
     state = app.extensions.get("sse")
     if state is None:
         publisher = Publisher(
-            config.redis_url, config.default_channel, config.history, config.history_ttl
+            config.redis_url, config.default_channel, config.history, config.history_ttl,
+            config.namespace,
         )
         app.extensions["sse"] = SSEState(config, publisher)
     elif state.config != config:

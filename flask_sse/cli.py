@@ -141,10 +141,12 @@ def listen_command(
 @with_appcontext
 def stats_command() -> None:
     """Open streams per channel (all workers and machines) and history lengths."""
-    redis_url = _state().config.redis_url
+    config = _state().config
+    redis_url = config.redis_url
     try:
-        counts = presence.totals(redis_client(redis_url))
-        lengths = history_for(redis_url).lengths()
+        history = history_for(redis_url, config.namespace)
+        counts = presence.totals(redis_client(redis_url), history.names)
+        lengths = history.lengths()
     except redis.RedisError as error:
         raise _unreachable("read the counts", redis_url, error) from None
     channels = sorted(set(counts) | set(lengths))

@@ -16,7 +16,7 @@ from typing import Any
 from flask.sansio.app import App
 from redis.connection import parse_url
 
-from .history import hash_tag
+from .naming import NAMESPACE, hash_tag
 
 #: Defaults, written into ``app.config`` with ``setdefault``.
 DEFAULTS: dict[str, Any] = {
@@ -46,6 +46,9 @@ DEFAULTS: dict[str, Any] = {
     #: Under ``gunicorn -k gevent``, write events straight to an idle
     #: stream's socket when nothing transforms the body (see ``transport.py``).
     "SSE_DIRECT_WRITE": True,
+    #: Sets this app's events, history and counts apart from other apps on the
+    #: same Redis server (apps on different DB numbers are set apart anyway).
+    "SSE_NAMESPACE": "",
     #: End every stream cleanly on SIGTERM (gunicorn's graceful stop), so the
     #: worker exits at once and browsers resume elsewhere.
     "SSE_END_STREAMS_ON_SIGTERM": True,
@@ -80,6 +83,7 @@ class SSEConfig:
     private_prefix: str
     max_connections: int
     direct_write: bool
+    namespace: str
     end_streams_on_sigterm: bool
 
 
@@ -107,6 +111,7 @@ def load_config(app: App) -> SSEConfig:
         private_prefix=_prefix(config, "SSE_PRIVATE_PREFIX"),
         max_connections=_integer(config, "SSE_MAX_CONNECTIONS", minimum=0),
         direct_write=_boolean(config, "SSE_DIRECT_WRITE"),
+        namespace=_namespace(config),
         end_streams_on_sigterm=_boolean(config, "SSE_END_STREAMS_ON_SIGTERM"),
     )
 
@@ -117,7 +122,7 @@ def channel_problem(channel: object, *, cluster: bool = False) -> str | None:
     Shared by the stream view (which answers 400) and publishing (which
     raises), so nothing can be published to a channel nobody may open.
     ``cluster``: the name must also let its history live in its own Redis
-    Cluster slot (see ``history.history_key``).
+    Cluster slot (see ``naming.Names.history_key``).
     """
     if not isinstance(channel, str):
         return f"a channel name must be a str, got {channel!r}"
@@ -220,6 +225,16 @@ def _number(config: Any, key: str, *, minimum: float) -> float:
             f"for example app.config[{key!r}] = {DEFAULTS[key]!r}."
         )
     return float(value)
+
+
+def _namespace(config: Any) -> str:
+    value = config["SSE_NAMESPACE"]
+    if not isinstance(value, str) or (value and not NAMESPACE.fullmatch(value)):
+        raise ValueError(
+            "SSE_NAMESPACE must be '' or up to 64 letters, digits, '_', '.' or '-', "
+            f"got {value!r}: for example app.config['SSE_NAMESPACE'] = 'shop'."
+        )
+    return value
 
 
 def _boolean(config: Any, key: str) -> bool:

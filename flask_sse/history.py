@@ -22,6 +22,8 @@ from typing import Any
 
 import redis
 
+from .naming import Names
+
 #: A position in a channel's history: the stream entry id as (ms, seq).
 Position = tuple[int, int]
 #: Where a channel's history starts: before every entry.
@@ -57,30 +59,6 @@ return {id, receivers}
 """
 
 
-_KEY_PREFIX = "sse:history:{"
-
-
-def history_key(channel: str) -> str:
-    """The stream of ``channel``, in the same Redis Cluster slot as the channel itself.
-
-    A channel with a hash tag of its own (``"user{42}"``) keeps it; any other
-    is wrapped in one, so the key hashes like the channel name.
-    """
-    if hash_tag(channel) != channel:
-        return "sse:history:" + channel
-    return _KEY_PREFIX + channel + "}"
-
-
-def hash_tag(name: str) -> str:
-    """What Redis Cluster hashes of ``name``: its ``{tag}`` if it has one, else all of it."""
-    start = name.find("{")
-    if start >= 0:
-        end = name.find("}", start + 1)
-        if end > start + 1:
-            return name[start + 1 : end]
-    return name
-
-
 def parse_position(text: object) -> Position | None:
     """``"1700000000000-3"`` as ``(1700000000000, 3)``; anything else ``None``."""
     if isinstance(text, str):
@@ -100,13 +78,17 @@ def with_position(payload: bytes, position: bytes) -> bytes:
 
 
 class History:
-    """Appends to and reads from the channels' streams through one client."""
+    """Appends to and reads from the channels' streams through one client.
 
-    def __init__(self, client: redis.Redis, *, sharded: bool = False) -> None:
+    ``names`` says which keys and pub/sub channels are this app's.
+    """
+
+    def __init__(self, client: redis.Redis, names: Names | None = None) -> None:
         self._client = client
+        self.names = names = names or Names()
         self._append_and_publish = client.register_script(_APPEND_AND_PUBLISH)
         #: SPUBLISH on a cluster (sharded pub/sub), PUBLISH otherwise
-        self.publish_command = "SPUBLISH" if sharded else "PUBLISH"
+        self.publish_command = "SPUBLISH" if names.sharded else "PUBLISH"
 
     def publish(self, channel: str, payload: str, maxlen: int, ttl: int) -> tuple[str, int]:
         """Append and publish atomically; return the position and the receivers.
@@ -116,22 +98,23 @@ class History:
         if not payload.startswith("{"):
             raise ValueError(f"a history payload must be a JSON object, got {payload[:40]!r}")
         position, receivers = self._append_and_publish(
-            keys=[history_key(channel)], args=[channel, payload, maxlen, ttl, self.publish_command]
+            keys=[self.names.history_key(channel)],
+            args=[self.names.channel(channel), payload, maxlen, ttl, self.publish_command],
         )
         return position.decode(), int(receivers)
 
     def lengths(self) -> dict[str, int]:
         """Every channel that has a history, and its length (SCAN: for tools, not requests)."""
         lengths = {}
-        for key in self._client.scan_iter(match="sse:history:*", count=1000):
-            name = key.decode("utf-8", "replace")
-            channel = name[len(_KEY_PREFIX) : -1] if name.startswith(_KEY_PREFIX) else name[12:]
+        pattern = self.names.key_prefix + "history:*"
+        for key in self._client.scan_iter(match=pattern, count=1000):
+            channel = self.names.channel_of_key(key.decode("utf-8", "replace"))
             lengths[channel] = int(self._client.xlen(key))
         return lengths
 
     def newest(self, channel: str) -> Position:
         """The position of the channel's newest entry (``ORIGIN`` if none)."""
-        entries: Any = self._client.xrevrange(history_key(channel), count=1)
+        entries: Any = self._client.xrevrange(self.names.history_key(channel), count=1)
         return parse_position(entries[0][0].decode()) if entries else ORIGIN  # type: ignore[return-value]
 
     def after(
@@ -149,7 +132,7 @@ class History:
         be told from one that never existed: only a position more than
         ``FUTURE_SLACK_MS`` ahead of this machine's clock is a gap there.
         """
-        key = history_key(channel)
+        key = self.names.history_key(channel)
         with self._client.pipeline(transaction=False) as pipe:
             pipe.xrange(key, min="(" + format_position(position))
             pipe.xrevrange(key, count=1)

@@ -52,6 +52,7 @@ from .channels import Channel, ChannelTable
 from .delivery import Delivery, from_history
 from .history import History, Position
 from .links import Link
+from .naming import Names
 from .presence import Presence, Reporter
 from .routing import OwnerSearch, Router
 from .scheduler import Scheduler
@@ -78,10 +79,12 @@ class Hub:
         router: Router,
         history: History,
         presence: Presence,
+        names: Names | None = None,
         *,
         subscribe_timeout: float = 5.0,
     ) -> None:
         self._router = router
+        self._names = names or Names()
         self._history = history
         self._subscribe_timeout = subscribe_timeout
         self._lock = threading.Lock()
@@ -160,7 +163,10 @@ class Hub:
                     link.channels.difference_update(
                         name for name in names if self._channels.get(name) is None
                     )
-                    link.send_each(self._router.unsubscribe_command, names, self._router.sharded)
+                    link.send_each(
+                        self._router.unsubscribe_command, self._on_redis(names),
+                        self._router.sharded,
+                    )
         self._reporter.changed()
         return [name for names in vacated.values() for name in names]
 
@@ -232,8 +238,12 @@ class Hub:
     def _send_subscribe(self, names: list[str]) -> None:
         for node, group in self._channels.subscribing(names).items():
             self._links[node].send_each(
-                self._router.subscribe_command, group, self._router.sharded
+                self._router.subscribe_command, self._on_redis(group), self._router.sharded
             )
+
+    def _on_redis(self, names: list[str]) -> list[str]:
+        """The pub/sub channels of these channels (prefixed for a DB or namespace)."""
+        return [self._names.channel(name) for name in names]
 
     def _move(self, name: str, node: str) -> None:
         """Carry channel ``name`` on ``node`` from now on (the cluster moved its slot)."""
@@ -301,16 +311,22 @@ class Hub:
                 self._owner_search.search(name, link.node)
         return not names
 
-    def dropped(self, link: Link, name: str) -> None:
+    def dropped(self, link: Link, redis_channel: str) -> None:
         """A shard dropped a channel we still want: its slot moved (failover, resharding)."""
+        name = self._names.from_channel(redis_channel)
+        if name is None:
+            return
         with self._lock:
             if not self._channels.wanted(name, link.node):
                 return
         logger.warning("Redis %s dropped shard channel %r; finding its new owner", link.node, name)
         self._owner_search.search(name, link.node)
 
-    def subscribed(self, link: Link, name: str) -> None:
+    def subscribed(self, link: Link, redis_channel: str) -> None:
         """Redis confirmed a SUBSCRIBE: learn the channel's position, or catch up."""
+        name = self._names.from_channel(redis_channel)
+        if name is None:
+            return
         with self._lock:
             channel = self._channels.confirmed(name, link.node)
             if channel is None:
@@ -328,7 +344,10 @@ class Hub:
             self._replay(name, channel, since)
         channel.ready.set()
 
-    def message(self, link: Link, name: str, payload: bytes) -> None:
+    def message(self, link: Link, redis_channel: str, payload: bytes) -> None:
+        name = self._names.from_channel(redis_channel)
+        if name is None:
+            return
         delivery = Delivery.decode(name, payload)
         if delivery is None:
             return

@@ -1,14 +1,15 @@
 """Open streams per channel across every worker and machine, kept in Redis.
 
 Each hub writes its own counts to a hash of its own (``sse:presence:<id>``,
-channel -> open streams) with an expiry, and lists itself in the sorted set
-``sse:presence`` scored by the time of its last report. A reader sums the
-hashes of the hubs that reported lately, so a killed worker's counts vanish
-within ``TTL`` seconds. Hubs report about once a second while their counts
-change and every ``REFRESH`` seconds otherwise: a handful of commands per
-worker per second, whatever the number of streams. The reports go out from
-a thread of their own (:class:`Reporter`), the only one that waits on Redis
-for them, so a slow Redis never delays a keepalive.
+channel -> open streams; with a namespace ``sse:<namespace>:presence:<id>``)
+with an expiry, and lists itself in the sorted set ``sse:presence`` scored
+by the time of its last report. A reader sums the hashes of the hubs that
+reported lately, so a killed worker's counts vanish within ``TTL`` seconds.
+Hubs report about once a second while their counts change and every
+``REFRESH`` seconds otherwise: a handful of commands per worker per second,
+whatever the number of streams. The reports go out from a thread of their
+own (:class:`Reporter`), the only one that waits on Redis for them, so a
+slow Redis never delays a keepalive.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from typing import Any
 
 import redis
 
+from .naming import Names
+
 #: Seconds after its last report that a hub's counts stop counting.
 TTL = 15
 #: Seconds between reports when nothing changed (keeps the counts alive).
 REFRESH = 5.0
 #: Seconds between reports while counts change.
 SOON = 1.0
-_REGISTRY = "sse:presence"
 
 logger = logging.getLogger("flask_sse")
 
@@ -36,10 +38,11 @@ logger = logging.getLogger("flask_sse")
 class Presence:
     """One hub's report of its counts."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, names: Names | None = None) -> None:
         self._client = client
+        self._registry = (names or Names()).presence_registry
         #: the hash this hub's counts are written to
-        self.key = f"{_REGISTRY}:{uuid.uuid4().hex}"
+        self.key = f"{self._registry}:{uuid.uuid4().hex}"
 
     def report(self, counts: dict[str, int]) -> None:
         now = time.time()
@@ -49,8 +52,8 @@ class Presence:
                 pipe.hset(self.key, mapping=counts)  # type: ignore[arg-type]
                 pipe.expire(self.key, TTL)
             pipe.execute()
-        self._client.zadd(_REGISTRY, {self.key: now})
-        self._client.zremrangebyscore(_REGISTRY, 0, now - TTL)
+        self._client.zadd(self._registry, {self.key: now})
+        self._client.zremrangebyscore(self._registry, 0, now - TTL)
 
 
 class Reporter:
@@ -106,13 +109,16 @@ class Reporter:
                 logger.info("Could not report subscriber counts (%s)", error)
 
 
-def totals(client: redis.Redis, exclude: str | None = None) -> dict[str, int]:
+def totals(
+    client: redis.Redis, names: Names | None = None, exclude: str | None = None
+) -> dict[str, int]:
     """Open streams per channel, summed over every hub that reported lately.
 
     ``exclude``: the key of a hub whose report is left out (the caller adds
     that hub's live counts instead of its last report).
     """
-    keys: Any = client.zrangebyscore(_REGISTRY, time.time() - TTL, "+inf")
+    registry = (names or Names()).presence_registry
+    keys: Any = client.zrangebyscore(registry, time.time() - TTL, "+inf")
     keys = [key for key in keys if exclude is None or key != exclude.encode()]
     with client.pipeline(transaction=False) as pipe:
         for key in keys:
@@ -126,6 +132,8 @@ def totals(client: redis.Redis, exclude: str | None = None) -> dict[str, int]:
     return summed
 
 
-def count(client: redis.Redis, channel: str, exclude: str | None = None) -> int:
+def count(
+    client: redis.Redis, channel: str, names: Names | None = None, exclude: str | None = None
+) -> int:
     """Open streams of ``channel`` across every worker and machine (but ``exclude``)."""
-    return totals(client, exclude).get(channel, 0)
+    return totals(client, names, exclude).get(channel, 0)

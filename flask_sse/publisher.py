@@ -28,6 +28,8 @@ class Publisher:
     published in one atomic step, and its id is its history position: an
     ``id`` given here is then not sent (see the README's "Resume"). With
     ``history=0`` the event is only published, with the ``id`` given.
+
+    ``namespace`` must be the app's ``SSE_NAMESPACE`` (see ``naming.py``).
     """
 
     def __init__(
@@ -36,6 +38,7 @@ class Publisher:
         default_channel: str = "sse",
         history: int = DEFAULTS["SSE_HISTORY"],
         history_ttl: int = DEFAULTS["SSE_HISTORY_TTL"],
+        namespace: str = "",
     ) -> None:
         check_redis_url(redis_url, setting="Publisher")
         problem = channel_problem(default_channel)
@@ -47,6 +50,7 @@ class Publisher:
         self.default_channel = default_channel
         self.history = history
         self.history_ttl = history_ttl
+        self.namespace = namespace
 
     def publish(
         self,
@@ -76,14 +80,15 @@ class Publisher:
         return self._send(channel, Message(data, type=type, id=id, retry=retry))
 
     def _send(self, channel: str, message: Message) -> int:
+        history = history_for(self.redis_url, self.namespace)
         if not self.history:
             client = redis_client(self.redis_url)
             payload = _payload(message)
+            redis_channel = history.names.channel(channel)
             if is_cluster(self.redis_url):
-                return int(client.spublish(channel, payload))
-            return int(client.publish(channel, payload))
+                return int(client.spublish(redis_channel, payload))
+            return int(client.publish(redis_channel, payload))
         message.id = None  # the history position becomes the id
-        history = history_for(self.redis_url)
         _, receivers = history.publish(
             channel, _payload(message), self.history, self.history_ttl
         )

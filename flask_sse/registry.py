@@ -1,4 +1,4 @@
-"""The per-process registry: one Redis client, one history and one hub per URL.
+"""The per-process registry: one Redis client per URL, one history and hub per URL and namespace.
 
 Reused by every request, publish and stream of the process, and closed by
 :func:`close_all` (tests, an app factory's teardown). After a fork
@@ -21,10 +21,12 @@ from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
+from redis.connection import parse_url
 
 from .history import History
 from .hub import Hub
 from .links import READ_TIMEOUT
+from .naming import Names
 from .presence import Presence
 from .routing import ClusterRouter, Router
 from .transport import sibling_workers
@@ -33,8 +35,8 @@ logger = logging.getLogger("flask_sse")
 
 _lock = threading.Lock()  # guards the three dicts and _sigterm_installed
 _clients: dict[str, redis.Redis] = {}
-_histories: dict[str, History] = {}
-_hubs: dict[str, Hub] = {}
+_histories: dict[tuple[str, str], History] = {}
+_hubs: dict[tuple[str, str], Hub] = {}
 _sigterm_installed = False
 
 
@@ -47,29 +49,39 @@ def redis_client(url: str) -> redis.Redis:
         return client
 
 
-def history_for(url: str) -> History:
-    """The process-wide history of the channels behind ``url``."""
+def names_for(url: str, namespace: str = "") -> Names:
+    """How channels of apps on ``url`` with ``namespace`` are named on Redis."""
+    db = 0
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        db = int(parse_url(url).get("db", 0))  # type: ignore[no-untyped-call]
+    return Names(namespace, db, sharded=is_cluster(url))
+
+
+def history_for(url: str, namespace: str = "") -> History:
+    """The process-wide history of the channels behind ``url`` (and ``namespace``)."""
     client = redis_client(url)
     with _lock:
-        history = _histories.get(url)
+        history = _histories.get((url, namespace))
         if history is None:
-            history = _histories[url] = History(client, sharded=is_cluster(url))
+            names = names_for(url, namespace)
+            history = _histories[(url, namespace)] = History(client, names)
         return history
 
 
-def hub_for(url: str) -> Hub:
-    """The process-wide hub for ``url``; its threads start with its first subscriber."""
-    history = history_for(url)
+def hub_for(url: str, namespace: str = "") -> Hub:
+    """The process-wide hub for ``url`` and ``namespace``; its threads start with a stream."""
+    history = history_for(url, namespace)
     client: Any = redis_client(url)
     with _lock:
-        hub = _hubs.get(url)
+        hub = _hubs.get((url, namespace))
         if hub is None:
             router = (
                 ClusterRouter(client, READ_TIMEOUT)
                 if is_cluster(url)
                 else Router(client.connection_pool, READ_TIMEOUT)
             )
-            hub = _hubs[url] = Hub(router, history, Presence(client))
+            presence = Presence(client, history.names)
+            hub = _hubs[(url, namespace)] = Hub(router, history, presence, history.names)
         return hub
 
 

@@ -84,9 +84,9 @@ def open_stream(
     transport = transport or Transport(None)
     if config.end_streams_on_sigterm:
         registry.end_streams_on_sigterm()
-    hub = registry.hub_for(config.redis_url)
+    hub = registry.hub_for(config.redis_url, config.namespace)
     subscription, occupied = hub.subscribe(channels, config.queue_size, transport.hang_up)
-    history = registry.history_for(config.redis_url) if config.history else None
+    history = registry.history_for(config.redis_url, config.namespace) if config.history else None
     positions = resume or hub.positions(channels)
     resuming = resume is not None
     body = event_stream(subscription, config, history, positions, resuming, transport)

@@ -45,7 +45,9 @@ class _RecordingPublisher(Publisher):
     """Checks every event as the real publisher does, then keeps it."""
 
     def __init__(self, real: Publisher) -> None:
-        super().__init__(real.redis_url, real.default_channel, real.history, real.history_ttl)
+        super().__init__(
+            real.redis_url, real.default_channel, real.history, real.history_ttl, real.namespace
+        )
         self.events: list[PublishedEvent] = []
 
     def _send(self, channel: str, message: Message) -> int:

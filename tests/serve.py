@@ -65,6 +65,11 @@ def create_app() -> Flask:
     def subscribers(channel: str) -> dict[str, int]:
         return {"count": hub_for(app.config["SSE_REDIS_URL"]).local_subscribers(channel)}
 
+    @app.get("/count/<channel>")
+    def count(channel: str) -> dict[str, int]:
+        """``sse.subscriber_count()``: open streams across every worker of this app."""
+        return {"count": sse.subscriber_count(channel)}
+
     @app.get("/stream_url")
     def stream_url() -> dict[str, str]:
         """``sse.stream_url()``: the URL (with a token for private channels)."""
