@@ -30,9 +30,10 @@ Threads, and who may touch what
   ``_moved`` once it knows where a dropped channel went.
 
 ``_lock`` guards the channel table (``channels.py``: every field of every
-channel), ``_subscriptions``, ``_links`` and ``_closed``, and each link's
-``connection``, ``attempts`` and ``channels`` (the hub hands its lock to its
-links). Every command to Redis is sent under it. Nothing that may wait runs
+channel), ``_subscriptions`` and ``_closed``, and the link set
+(``linkset.py``: which link carries which channel, each link's
+``connection``, ``attempts`` and ``channels``; the hub hands its lock to
+them). Every command to Redis is sent under it. Nothing that may wait runs
 under it (delivering to a subscription, reading history, a signal):
 fan-out works on a tuple snapshot of a channel's subscribers, taken under
 the lock.
@@ -52,6 +53,7 @@ from .channels import Channel, ChannelTable
 from .delivery import Delivery, from_history
 from .history import History, Position
 from .links import Link
+from .linkset import LinkSet
 from .naming import Names
 from .presence import Presence, Reporter
 from .routing import OwnerSearch, Router
@@ -84,12 +86,10 @@ class Hub:
         subscribe_timeout: float = 5.0,
     ) -> None:
         self._router = router
-        self._names = names or Names()
         self._history = history
         self._subscribe_timeout = subscribe_timeout
         self._lock = threading.Lock()
-        self._attempt_finished = threading.Condition(self._lock)
-        self._links: dict[str, Link] = {}
+        self._links = LinkSet(router, names or Names(), self._lock, self)
         self._channels = ChannelTable()
         self._subscriptions: dict[Subscription, None] = {}
         self._closed = False
@@ -127,17 +127,12 @@ class Hub:
                 nodes = {name: self._node_of(name) for name in subscription.channels}
             except RedisError as error:
                 raise HubUnavailable(f"Redis is unreachable ({error})") from None
-            links = [self._link(node) for node in set(nodes.values())]
-            self._attempt_finished.wait_for(
-                lambda: all(link.connection is not None or link.attempts > 0 for link in links),
-                timeout=self._subscribe_timeout,
-            )
-            if any(link.connection is None for link in links):
+            if not self._links.wait_connected(nodes.values(), self._subscribe_timeout):
                 raise HubUnavailable("Redis is unreachable; see the log for why")
             self._subscriptions[subscription] = None
             to_subscribe = self._channels.add(subscription, nodes)
             for name, node in nodes.items():
-                self._links[node].channels.add(name)
+                self._links.carry(name, node)
             self._send_subscribe(to_subscribe)
             waits = [self._channel(name).ready for name in subscription.channels]
         self._reporter.changed()
@@ -154,21 +149,15 @@ class Hub:
         """
         self._scheduler.cancel(subscription)
         with self._lock:
-            if subscription in self._subscriptions:
-                del self._subscriptions[subscription]
+            self._subscriptions.pop(subscription, None)
             vacated = self._channels.remove(subscription)
-            for node, names in vacated.items():
-                link = self._links.get(node)
-                if link is not None:
-                    link.channels.difference_update(
-                        name for name in names if self._channels.get(name) is None
-                    )
-                    link.send_each(
-                        self._router.unsubscribe_command, self._on_redis(names),
-                        self._router.sharded,
-                    )
+            self._links.unsubscribe(vacated)
+            vacated_names = [name for names in vacated.values() for name in names]
+            for name in vacated_names:
+                if self._channels.get(name) is None:  # forgotten, not awaiting a confirmation
+                    self._links.drop(name)
         self._reporter.changed()
-        return [name for names in vacated.values() for name in names]
+        return vacated_names
 
     def positions(self, channels: Iterable[str]) -> dict[str, Position]:
         """Each channel's newest history position as this hub has seen it."""
@@ -183,15 +172,11 @@ class Hub:
         """End every stream, stop every thread of this hub and release its connections."""
         with self._lock:
             self._closed = True
-            links = list(self._links.values())
         self._end_all()
-        for link in links:
-            link.close()
+        self._links.close()
         self._owner_search.close()
         self._scheduler.close()
         self._reporter.close()
-        for link in links:
-            link.join()
 
     @property
     def streams(self) -> int:
@@ -210,7 +195,7 @@ class Hub:
         with self._lock:
             return list(self._channels.counts())
 
-    # -- links and channels, under _lock ---------------------------------------
+    # -- under _lock ---------------------------------------------------------
 
     def _node_of(self, name: str) -> str:
         channel = self._channels.get(name)
@@ -221,43 +206,23 @@ class Hub:
         assert channel is not None, f"{name!r} is not in the table"
         return channel
 
-    def _link(self, node: str) -> Link:
-        """The link to ``node``, started on first use."""
-        link = self._links.get(node)
-        if link is None:
-            link = self._links[node] = Link(node, self._router, self._lock, self)
-            link.start()
-        return link
-
     def _forget(self, name: str) -> None:
-        channel = self._channels.forget(name)
-        link = self._links.get(channel.node)
-        if link is not None:
-            link.channels.discard(name)
+        self._channels.forget(name)
+        self._links.drop(name)
 
     def _send_subscribe(self, names: list[str]) -> None:
-        for node, group in self._channels.subscribing(names).items():
-            self._links[node].send_each(
-                self._router.subscribe_command, self._on_redis(group), self._router.sharded
-            )
-
-    def _on_redis(self, names: list[str]) -> list[str]:
-        """The pub/sub channels of these channels (prefixed for a DB or namespace)."""
-        return [self._names.channel(name) for name in names]
+        self._links.subscribe(self._channels.subscribing(names))
 
     def _move(self, name: str, node: str) -> None:
         """Carry channel ``name`` on ``node`` from now on (the cluster moved its slot)."""
         channel = self._channel(name)
-        old = self._links[channel.node]
-        old.channels.discard(name)
-        if not old.channels and old.node != node:
-            old.retire()  # its reader sees it and retires the idle link
+        link = self._links.move(name, channel.node, node)
         channel.node = node
         channel.pending = 0
-        link = self._link(node)
-        link.channels.add(name)
         if link.connection is not None:
             self._send_subscribe([name])
+
+    # -- called from the other threads -----------------------------------------
 
     def _moved(self, name: str, node: str) -> None:
         """The owner search found where a dropped channel lives now."""
@@ -278,21 +243,19 @@ class Hub:
     # -- called back by the links' reader threads ------------------------------
 
     def link_up(self, link: Link, connection: Any) -> None:
+        """Resubscribe what the link carries (channels left meanwhile are forgotten)."""
         with self._lock:
-            link.connection = connection
-            link.attempts += 1
             for name in list(link.channels):
                 channel = self._channel(name)
                 channel.pending = 0
                 if not channel.subscribers:
                     self._forget(name)
+            self._links.connected(link, connection)
             self._send_subscribe(list(link.channels))
-            self._attempt_finished.notify_all()
 
     def link_failed(self, link: Link, error: Exception) -> None:
         with self._lock:
-            link.attempts += 1
-            self._attempt_finished.notify_all()
+            self._links.failed(link)
         logger.warning("Cannot reach Redis %s for pub/sub (%s); retrying", link.node, error)
 
     def link_down(self, link: Link) -> bool:
@@ -304,29 +267,22 @@ class Hub:
         """
         with self._lock:
             names = list(link.channels)
-            if not names and self._links.get(link.node) is link:
-                del self._links[link.node]
+            idle = self._links.remove_if_idle(link)
         if self._router.sharded:
             for name in names:
                 self._owner_search.search(name, link.node)
-        return not names
+        return idle
 
-    def dropped(self, link: Link, redis_channel: str) -> None:
+    def dropped(self, link: Link, name: str) -> None:
         """A shard dropped a channel we still want: its slot moved (failover, resharding)."""
-        name = self._names.from_channel(redis_channel)
-        if name is None:
-            return
         with self._lock:
             if not self._channels.wanted(name, link.node):
                 return
         logger.warning("Redis %s dropped shard channel %r; finding its new owner", link.node, name)
         self._owner_search.search(name, link.node)
 
-    def subscribed(self, link: Link, redis_channel: str) -> None:
+    def subscribed(self, link: Link, name: str) -> None:
         """Redis confirmed a SUBSCRIBE: learn the channel's position, or catch up."""
-        name = self._names.from_channel(redis_channel)
-        if name is None:
-            return
         with self._lock:
             channel = self._channels.confirmed(name, link.node)
             if channel is None:
@@ -344,10 +300,7 @@ class Hub:
             self._replay(name, channel, since)
         channel.ready.set()
 
-    def message(self, link: Link, redis_channel: str, payload: bytes) -> None:
-        name = self._names.from_channel(redis_channel)
-        if name is None:
-            return
+    def message(self, link: Link, name: str, payload: bytes) -> None:
         delivery = Delivery.decode(name, payload)
         if delivery is None:
             return

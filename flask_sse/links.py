@@ -1,7 +1,9 @@
 """The hub's links to Redis: one pub/sub connection per server, and its reader thread.
 
 A link connects (with backoff and jitter while Redis is away), reads every
-reply and hands it to its listener (the hub), and PINGs when the connection
+reply and hands it to its listener (the hub) under the app's name for the
+channel (Redis's may carry a DB or namespace prefix, see ``naming.py``;
+another app's channels are skipped), and PINGs when the connection
 has been quiet, so a cut network (which sends no RST) is noticed within
 ``READ_TIMEOUT``. It never reconnects silently: every loss is reported, so
 the hub can replay from history what was published meanwhile.
@@ -20,6 +22,7 @@ import threading
 import time
 from typing import Any, Protocol
 
+from .naming import Names
 from .routing import Router
 
 logger = logging.getLogger("flask_sse")
@@ -45,7 +48,8 @@ class LinkListener(Protocol):
     def link_down(self, link: Link) -> bool:
         """The link failed or was lost; True if it should stop (nothing left to carry)."""
 
-    def message(self, link: Link, channel: str, payload: bytes) -> None: ...
+    def message(self, link: Link, channel: str, payload: bytes) -> None:
+        """An event on ``channel`` (the app's name for it, not Redis's)."""
 
     def subscribed(self, link: Link, channel: str) -> None: ...
 
@@ -57,7 +61,8 @@ class Link:
     """One pub/sub connection to one Redis server, and the thread that reads it."""
 
     def __init__(
-        self, node: str, router: Router, lock: threading.Lock, listener: LinkListener
+        self, node: str, router: Router, lock: threading.Lock, listener: LinkListener,
+        names: Names,
     ) -> None:
         self.node = node
         #: the live connection, or None while (re)connecting (guarded by ``lock``)
@@ -69,6 +74,7 @@ class Link:
         self._router = router
         self._lock = lock
         self._listener = listener
+        self._names = names
         self._closed = threading.Event()
         self._jitter = random.Random()  # its own: never disturbs the app's random state
         self._thread = threading.Thread(
@@ -168,10 +174,13 @@ class Link:
             heard = time.monotonic()
             if not isinstance(reply, list) or len(reply) != 3:
                 continue  # a PONG
-            kind, name, body = reply
+            kind, redis_channel, body = reply
+            name = self._names.from_channel(redis_channel.decode("utf-8", "replace"))
+            if name is None:
+                continue  # another app's channel (another DB or namespace)
             if kind in (b"message", b"smessage"):
-                listener.message(self, name.decode("utf-8", "replace"), body)
+                listener.message(self, name, body)
             elif kind in (b"subscribe", b"ssubscribe"):
-                listener.subscribed(self, name.decode("utf-8", "replace"))
+                listener.subscribed(self, name)
             elif kind == b"sunsubscribe":
-                listener.dropped(self, name.decode("utf-8", "replace"))
+                listener.dropped(self, name)
