@@ -103,6 +103,13 @@ class History:
         )
         return position.decode(), int(receivers)
 
+    def publish_live(self, channel: str, payload: str) -> int:
+        """Publish without history (``SSE_HISTORY = 0``); return the receivers."""
+        redis_channel = self.names.channel(channel)
+        if self.names.sharded:
+            return int(self._client.spublish(redis_channel, payload))
+        return int(self._client.publish(redis_channel, payload))
+
     def lengths(self) -> dict[str, int]:
         """Every channel that has a history, and its length (SCAN: for tools, not requests)."""
         lengths = {}

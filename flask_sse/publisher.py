@@ -13,7 +13,7 @@ from flask import json
 
 from .config import DEFAULTS, channel_problem, check_redis_url
 from .message import EventId, Message, non_finite_path
-from .registry import history_for, is_cluster, redis_client
+from .registry import history_for, is_cluster
 
 
 class Publisher:
@@ -82,12 +82,7 @@ class Publisher:
     def _send(self, channel: str, message: Message) -> int:
         history = history_for(self.redis_url, self.namespace)
         if not self.history:
-            client = redis_client(self.redis_url)
-            payload = _payload(message)
-            redis_channel = history.names.channel(channel)
-            if is_cluster(self.redis_url):
-                return int(client.spublish(redis_channel, payload))
-            return int(client.publish(redis_channel, payload))
+            return history.publish_live(channel, _payload(message))
         message.id = None  # the history position becomes the id
         _, receivers = history.publish(
             channel, _payload(message), self.history, self.history_ttl
