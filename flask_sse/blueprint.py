@@ -22,7 +22,7 @@ from .history import Position
 from .hub import Hub, HubUnavailable
 from .message import EventId
 from .publisher import Publisher
-from .registry import hub_for, is_cluster, names_for, redis_client
+from .registry import history_for, hub_for, is_cluster, redis_client
 from .state import SSEState, app_state
 from .stream import open_stream, parse_last_event_id
 from .subscription import Subscription
@@ -148,7 +148,7 @@ class ServerSentEventsBlueprint(Blueprint):
         """
         config = app_state("sse.subscriber_count").config
         hub = hub_for(config.redis_url, config.namespace)
-        names = names_for(config.redis_url, config.namespace)
+        names = history_for(config.redis_url, config.namespace).names
         client = redis_client(config.redis_url)
         others = presence.count(client, channel, names, exclude=hub.presence_key)
         return others + hub.local_subscribers(channel)

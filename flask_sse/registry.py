@@ -49,7 +49,7 @@ def redis_client(url: str) -> redis.Redis:
         return client
 
 
-def names_for(url: str, namespace: str = "") -> Names:
+def _names_for(url: str, namespace: str = "") -> Names:
     """How channels of apps on ``url`` with ``namespace`` are named on Redis."""
     db = 0
     if url.startswith(("redis://", "rediss://", "unix://")):
@@ -63,7 +63,7 @@ def history_for(url: str, namespace: str = "") -> History:
     with _lock:
         history = _histories.get((url, namespace))
         if history is None:
-            names = names_for(url, namespace)
+            names = _names_for(url, namespace)
             history = _histories[(url, namespace)] = History(client, names)
         return history
 
