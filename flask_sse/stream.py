@@ -139,8 +139,6 @@ def event_stream(
     subscription.write_directly_with(direct)
     try:
         while True:
-            if direct is not None:
-                last_write = max(last_write, direct.last_write)
             subscription.wake_at(min(last_write + keepalive, next_check, deadline))
             deliveries = subscription.wait()
             if direct is not None and not direct.flush():
