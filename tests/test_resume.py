@@ -9,7 +9,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from flask_sse import Publisher, sse
-from flask_sse.history import History
+from flask_sse.history import History, format_position
 from flask_sse.registry import redis_client
 
 from .conftest import MakeApp, OpenClientStream
@@ -20,6 +20,11 @@ def publish_numbers(memory_url: str, numbers: range, channel: str = "sse", **kwa
     publisher = Publisher(memory_url, **kwargs)
     for number in numbers:
         publisher.publish(str(number), channel=channel)
+
+
+def newest_id(memory_url: str, channel: str = "sse") -> str:
+    """The id of the newest event in ``channel``'s history, as a stream sends it."""
+    return format_position(History(redis_client(memory_url)).newest(channel))
 
 
 def test_resume_gets_exactly_what_was_missed(memory_url: str, client_stream: OpenClientStream) -> None:
@@ -52,8 +57,7 @@ def test_a_client_that_saw_no_event_resumes_from_where_it_connected(
 
 def test_the_header_wins_over_the_query_parameter(memory_url: str, client_stream: OpenClientStream) -> None:
     publish_numbers(memory_url, range(3))
-    newest = History(redis_client(memory_url)).newest("sse")
-    stream = client_stream("/stream?lastEventId=0-0", headers={"Last-Event-ID": f"{newest[0]}-{newest[1]}"})
+    stream = client_stream("/stream?lastEventId=0-0", headers={"Last-Event-ID": newest_id(memory_url)})
     stream.read_chunk()
     publish_numbers(memory_url, range(3, 4))
     assert [event.data for event in stream.events(1)] == ["3"]
@@ -120,7 +124,7 @@ def test_ids_given_by_callers_give_way_to_positions(
         sse.publish("x", id=42)
     (event,) = stream.events(1)
     assert event.last_event_id != "42"
-    assert event.last_event_id == "{}-{}".format(*History(redis_client(memory_url)).newest("sse"))
+    assert event.last_event_id == newest_id(memory_url)
     stream.close()
 
 
@@ -159,11 +163,11 @@ def test_an_id_ahead_of_history_gets_reset_then_every_live_event(
     """History lost (or a made-up id): never silence, but a reset and what comes next."""
     if with_history:
         publish_numbers(memory_url, range(3))
-    newest = History(redis_client(memory_url)).newest("sse")
+    newest = newest_id(memory_url)
     stream = client_stream(headers={"Last-Event-ID": "99999999999999-0"})
     (reset,) = stream.events(1)
     assert reset.type == "reset"
-    assert reset.last_event_id == f"{newest[0]}-{newest[1]}"  # the browser's id is put right
+    assert reset.last_event_id == newest  # the browser's id is put right
     publish_numbers(memory_url, range(3, 5))
     assert [event.data for event in stream.events(3)[1:]] == ["3", "4"]
     stream.close()
