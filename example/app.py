@@ -50,6 +50,17 @@ def error(status: int, message: str) -> ResponseReturnValue:
     return jsonify(error=message), status
 
 
+@events.authorize
+def own_channel_only(channels: tuple[str, ...]) -> bool:
+    """Private channels follow the session: each visitor opens only their own.
+
+    Asked at every connect and reconnect, so the page needs no token in its
+    URL and stays open for as long as the session lasts.
+    """
+    visitor = session.get("visitor")
+    return visitor is not None and all(name == f"private-{visitor}" for name in channels)
+
+
 @events.before_request
 def check_channels() -> ResponseReturnValue | None:
     """Refuse a stream that asks for a staff channel without a staff session."""
@@ -78,7 +89,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             "index.html",
             staff=staff,
             channels=CHANNELS,
-            # a signed token in the URL opens the private channel, for this page only
+            # no token in the URL: own_channel_only() decides by the session
             stream_url=events.stream_url("news", own_channel(), *(["staff"] if staff else [])),
             memory_broker=app.config["SSE_REDIS_URL"].startswith("memory://"),
         )

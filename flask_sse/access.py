@@ -1,16 +1,18 @@
-"""Private channels: signed, time-limited tokens that name the channels they open.
+"""Private channels: who may open them, by session or by signed token.
 
 A channel whose name starts with ``SSE_PRIVATE_PREFIX`` is streamed only to a
-request whose ``token`` parameter was minted by :func:`mint` for it. Tokens
-are signed with the app's ``SECRET_KEY`` (itsdangerous, salted for this use
-only, so no other signed value of the app can pass for one) and carry their
-own expiry, so ``expires_in`` can differ from token to token.
+request that the blueprint's ``authorize`` callback allows (same-origin pages:
+access follows the user's session, asked again at every reconnect), or whose
+``token`` parameter was minted by :func:`mint` for it (cross-origin pages).
+Tokens are signed with the app's ``SECRET_KEY`` (itsdangerous, salted for this
+use only, so no other signed value of the app can pass for one) and carry
+their own expiry, so ``expires_in`` can differ from token to token.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
@@ -18,8 +20,43 @@ from itsdangerous import BadSignature, URLSafeSerializer
 SALT = "flask-sse.private-channels"
 
 
+#: ``authorize(private_channels) -> bool``, called in the stream request's context.
+Authorizer = Callable[[tuple[str, ...]], object]
+
+
 class AccessDenied(Exception):
     """The request may not open a private channel; the message says why."""
+
+
+def decide(
+    secret_key: object,
+    token: str | None,
+    private: tuple[str, ...],
+    authorize: Authorizer | None,
+) -> None:
+    """Raise :class:`AccessDenied` unless the callback or the token opens ``private``.
+
+    The callback is asked first, so a same-origin page needs no token; a
+    request it refuses may still bring a token (a cross-origin page, which
+    has no session cookie).
+    """
+    if not private:
+        return
+    if authorize is None:
+        check(secret_key, token, private)
+        return
+    answer = authorize(private)
+    if answer:
+        return
+    if token:
+        check(secret_key, token, private)
+        return
+    name = getattr(authorize, "__name__", repr(authorize))
+    raise AccessDenied(
+        f"Not allowed to open channel {private[0]!r}: the app's authorize callback "
+        f"{name}() answered {answer!r} for this session (sign in again, or ask for "
+        "a channel of your own)."
+    )
 
 
 def _serializer(secret_key: object) -> URLSafeSerializer:
@@ -38,7 +75,9 @@ def mint(secret_key: object, channels: Iterable[str], expires_in: float) -> str:
     names = sorted(set(channels))
     if not names:
         raise ValueError("a token must name at least one channel")
-    return _serializer(secret_key).dumps({"c": names, "e": int(time.time() + expires_in)})
+    # to the millisecond, so a token lives ``expires_in`` seconds, not up to one less
+    expires = round(time.time() + expires_in, 3)
+    return _serializer(secret_key).dumps({"c": names, "e": expires})
 
 
 def check(secret_key: object, token: str | None, private: Iterable[str]) -> None:
@@ -48,7 +87,8 @@ def check(secret_key: object, token: str | None, private: Iterable[str]) -> None
         return
     if not token:
         raise AccessDenied(
-            f"Channel {wanted[0]!r} is private: open it with a token from "
+            f"Channel {wanted[0]!r} is private: the app allows it with an "
+            "@sse.authorize callback (same-origin pages) or a token from "
             "sse.token_for(...) (or the URL from sse.stream_url(...))."
         )
     try:
@@ -63,7 +103,8 @@ def check(secret_key: object, token: str | None, private: Iterable[str]) -> None
         ) from None
     if not isinstance(claims, dict) or not isinstance(claims.get("c"), list):
         raise AccessDenied("The token is not valid for channels.")
-    if not isinstance(claims.get("e"), int) or claims["e"] < time.time():
+    expires = claims.get("e")
+    if not isinstance(expires, int | float) or isinstance(expires, bool) or expires < time.time():
         raise AccessDenied("The token has expired: get a new one from the page that gave it.")
     missing = [channel for channel in wanted if channel not in claims["c"]]
     if missing:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 from flask import Blueprint, current_app, jsonify, request, url_for
 from flask.blueprints import BlueprintSetupState
+from flask.sansio.scaffold import setupmethod
 
 from . import access, cli, presence, signals
 from .config import SSEConfig, channel_problem, load_config
@@ -29,6 +30,8 @@ from .subscription import Subscription
 from .transport import EventStreamResponse, Transport, server_problem
 
 logger = logging.getLogger("flask_sse")
+
+_Authorizer = TypeVar("_Authorizer", bound=access.Authorizer)
 
 #: Seconds a client is asked to wait after a 503.
 RETRY_AFTER_SECONDS = 5
@@ -51,10 +54,14 @@ class ServerSentEventsBlueprint(Blueprint):
                 abort(403)
 
         app.register_blueprint(events, url_prefix="/events")
+
+    Private channels (``SSE_PRIVATE_PREFIX``) are opened by its
+    :meth:`authorize` callback or by a token from :meth:`token_for`.
     """
 
     def __init__(self, name: str, import_name: str, **kwargs: Any) -> None:
         super().__init__(name, import_name, **kwargs)
+        self.authorizer: access.Authorizer | None = None
         self.add_url_rule("", endpoint="stream", view_func=self.stream)
         self.record(_init_app)
         for command in (cli.publish_command, cli.listen_command, cli.stats_command):
@@ -78,6 +85,38 @@ class ServerSentEventsBlueprint(Blueprint):
         publisher = app_state("sse.publish").publisher
         return publisher.publish(data, type=type, id=id, retry=retry, channel=channel)
 
+    @setupmethod
+    def authorize(self, callback: _Authorizer) -> _Authorizer:
+        """Register the function that decides who may open private channels.
+
+        ``callback(channels)`` gets the request's private channels (a tuple
+        of the names that start with ``SSE_PRIVATE_PREFIX``) and returns
+        whether this request may open them all. It runs in the stream
+        request's context, so ``session`` and ``flask_login.current_user``
+        are there, at every connect and every reconnect: access follows the
+        user's session, a page stays open for as long as the user is signed
+        in, and nothing secret goes into the URL. A refusal is a ``403``,
+        after which ``EventSource`` stops for good. A request it refuses may
+        still bring a token (a cross-origin page has no session cookie)::
+
+            @sse.authorize
+            def own_channel_only(channels):
+                return current_user.is_authenticated and all(
+                    channel == f"private-user-{current_user.id}" for channel in channels
+                )
+
+        Public channels never reach it: guard them with ``before_request``.
+        One callback per blueprint, registered before the blueprint is.
+        """
+        if self.authorizer is not None:
+            raise RuntimeError(
+                f"The blueprint {self.name!r} already has an authorize callback "
+                f"({getattr(self.authorizer, '__name__', self.authorizer)}): "
+                "decide every private channel in one function."
+            )
+        self.authorizer = callback
+        return callback
+
     def token_for(self, channels: str | Iterable[str], expires_in: float = 3600) -> str:
         """A signed token that opens ``channels`` (private ones) for ``expires_in`` seconds.
 
@@ -92,11 +131,24 @@ class ServerSentEventsBlueprint(Blueprint):
                 raise ValueError(f"Cannot make a token: {problem}.")
         return access.mint(current_app.config.get("SECRET_KEY"), names, expires_in)
 
-    def stream_url(self, *channels: str, expires_in: float = 3600, **values: Any) -> str:
-        """The stream's URL for ``channels``, with a token when any of them is private."""
+    def stream_url(
+        self,
+        *channels: str,
+        expires_in: float = 3600,
+        with_token: bool | None = None,
+        **values: Any,
+    ) -> str:
+        """The stream's URL for ``channels``, with a token for the private ones.
+
+        ``with_token=None`` adds the token only when this blueprint has no
+        :meth:`authorize` callback (with one, the session decides); ``True``
+        always adds it (a page on another origin), ``False`` never.
+        """
         config = app_state("sse.stream_url").config
         private = [name for name in channels if name.startswith(config.private_prefix)]
-        if private:
+        if with_token is None:
+            with_token = self.authorizer is None
+        if private and with_token:
             values["token"] = self.token_for(private, expires_in)
         return url_for(f"{self.name}.stream", channel=list(channels) or None, **values)
 
@@ -104,7 +156,7 @@ class ServerSentEventsBlueprint(Blueprint):
         """``GET ?channel=a&channel=b``: the event stream of those channels."""
         config = app_state("the stream view").config
         try:
-            channels, resume = _read_request(config)
+            channels, resume = _read_request(config, self.authorizer)
         except _Refused as refused:
             return jsonify(error=str(refused)), refused.status
         hub = hub_for(config.redis_url, config.namespace)
@@ -208,7 +260,9 @@ class _Refused(Exception):
         self.status = status
 
 
-def _read_request(config: SSEConfig) -> tuple[tuple[str, ...], dict[str, Position] | None]:
+def _read_request(
+    config: SSEConfig, authorize: access.Authorizer | None
+) -> tuple[tuple[str, ...], dict[str, Position] | None]:
     """The channels and resume positions a stream request asks for, checked."""
     args = request.args
     if len(request.query_string) > MAX_QUERY_STRING:
@@ -224,9 +278,9 @@ def _read_request(config: SSEConfig) -> tuple[tuple[str, ...], dict[str, Positio
     problem = _channels_problem(channels, config.max_channels, is_cluster(config.redis_url))
     if problem:
         raise _Refused(400, problem)
-    private = [name for name in channels if name.startswith(config.private_prefix)]
+    private = tuple(name for name in channels if name.startswith(config.private_prefix))
     try:
-        access.check(current_app.config.get("SECRET_KEY"), args.get("token"), private)
+        access.decide(current_app.config.get("SECRET_KEY"), args.get("token"), private, authorize)
     except access.AccessDenied as denied:
         raise _Refused(403, str(denied)) from None
     last_event_id = request.headers.get("Last-Event-ID") or args.get("lastEventId")

@@ -2,7 +2,9 @@
 
 Configured from the environment by the ``gunicorn`` fixture: the ready-made
 ``sse`` at ``/stream``, a guarded blueprint of the user's own at
-``/private``, and views that publish through both APIs.
+``/private`` (whose private channels follow the session: ``/login/<user>``
+opens ``private-<user>``, ``/logout`` closes it), and views that publish
+through both APIs.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import resource
 import zlib
 from collections.abc import Iterator
 
-from flask import Flask, Response, abort, request
+from flask import Flask, Response, abort, request, session
 from flask_cors import CORS
 
 from flask_sse import ServerSentEventsBlueprint, send_event, sse
@@ -27,6 +29,13 @@ def refuse_secret_channel() -> None:
     """Access control the way users write it: a hook on the blueprint."""
     if "secret" in request.args.getlist("channel") and request.headers.get("X-Token") != "open":
         abort(403, "The 'secret' channel needs a token.")
+
+
+@private.authorize
+def own_channel_only(channels: tuple[str, ...]) -> bool:
+    """A signed-in user may open their own private channel, at every (re)connect."""
+    user = session.get("user")
+    return user is not None and all(channel == f"private-{user}" for channel in channels)
 
 
 def create_app() -> Flask:
@@ -75,6 +84,16 @@ def create_app() -> Flask:
         """``sse.stream_url()``: the URL (with a token for private channels)."""
         expires_in = float(request.args.get("expires_in", 3600))
         return {"url": sse.stream_url(*request.args.getlist("channel"), expires_in=expires_in)}
+
+    @app.post("/login/<user>")
+    def login(user: str) -> dict[str, str]:
+        session["user"] = user
+        return {"user": user}
+
+    @app.post("/logout")
+    def logout() -> dict[str, str]:
+        session.clear()
+        return {}
 
     @app.get("/pid")
     def pid() -> dict[str, int]:

@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from flask import Flask
+from flask import Flask, session
 from flask.testing import FlaskClient
 from itsdangerous import URLSafeSerializer
 
@@ -49,7 +49,7 @@ def test_a_token_opens_the_private_channels_it_names(private_app: Flask) -> None
 @pytest.mark.parametrize(
     ("query", "error"),
     [
-        ("channel=private-ann", "Channel 'private-ann' is private: open it with a token"),
+        ("channel=private-ann", "Channel 'private-ann' is private: the app allows it with an @sse.authorize"),
         (f"channel=private-ann&token={token(['private-ann'], time.time() - 1)}", "The token has expired"),
         (f"channel=private-ann&token={token(['private-bob'], time.time() + 60)}", "does not open channel 'private-ann'"),
         (f"channel=private-ann&token={token(['private-ann'], time.time() + 60, 'other key')}", "altered or signed with another key"),
@@ -74,6 +74,69 @@ def test_tokens_serve_every_sse_blueprint_of_the_app(private_app: Flask) -> None
     client = private_app.test_client()
     assert status_and_error(client, url)[0] == 200
     assert status_and_error(client, f"/events?channel=private-x&token={shared}")[0] == 200
+
+
+def session_app(private_app: Flask) -> tuple[ServerSentEventsBlueprint, list[tuple[str, ...]]]:
+    """A blueprint whose private channels follow the session, and the calls its callback got."""
+    events = ServerSentEventsBlueprint("events", __name__)
+    asked: list[tuple[str, ...]] = []
+
+    @events.authorize
+    def own_channel_only(channels: tuple[str, ...]) -> bool:
+        asked.append(channels)
+        return "user" in session and all(name == f"private-{session['user']}" for name in channels)
+
+    @private_app.post("/login/<user>")
+    def login(user: str) -> str:
+        session["user"] = user
+        return ""
+
+    @private_app.post("/logout")
+    def logout() -> str:
+        session.clear()
+        return ""
+
+    private_app.register_blueprint(events, url_prefix="/events")
+    return events, asked
+
+
+def test_the_authorize_callback_opens_private_channels_by_session(private_app: Flask) -> None:
+    events, asked = session_app(private_app)
+    client = private_app.test_client()
+    status, error = status_and_error(client, "/events?channel=private-ann")
+    assert status == 403
+    assert "the app's authorize callback own_channel_only() answered False" in error
+    client.post("/login/ann")
+    for _ in range(3):  # asked again at every connect, as a reconnect is one
+        assert status_and_error(client, "/events?channel=news&channel=private-ann") == (200, "")
+    assert status_and_error(client, "/events?channel=private-bob")[0] == 403
+    assert status_and_error(client, "/events?channel=news") == (200, "")  # public: not asked
+    client.post("/logout")
+    assert status_and_error(client, "/events?channel=private-ann")[0] == 403
+    assert asked == [("private-ann",)] * 4 + [("private-bob",), ("private-ann",)]
+
+
+def test_a_token_still_opens_what_the_session_does_not(private_app: Flask) -> None:
+    events, _ = session_app(private_app)
+    with private_app.test_request_context():
+        assert events.stream_url("news", "private-ann") == "/events?channel=news&channel=private-ann"
+        url = events.stream_url("private-ann", with_token=True, expires_in=60)
+        assert "&token=" in url
+        assert "token=" not in sse.stream_url("private-ann", with_token=False)
+    client = private_app.test_client()  # a cross-origin page: no session cookie
+    assert status_and_error(client, url) == (200, "")
+    expired = f"/events?channel=private-ann&token={token(['private-ann'], time.time() - 1)}"
+    assert "The token has expired" in status_and_error(client, expired)[1]
+
+
+def test_one_authorize_callback_per_blueprint_before_it_is_registered(private_app: Flask) -> None:
+    events, _ = session_app(private_app)
+    with pytest.raises(AssertionError, match="can no longer be called"):
+        events.authorize(lambda channels: True)
+    fresh = ServerSentEventsBlueprint("fresh", __name__)
+    fresh.authorize(lambda channels: True)
+    with pytest.raises(RuntimeError, match="already has an authorize callback"):
+        fresh.authorize(lambda channels: True)
 
 
 def test_without_a_secret_key_tokens_cannot_be_made(app: Flask) -> None:

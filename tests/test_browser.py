@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -80,5 +81,55 @@ def test_the_example_page_in_a_real_browser(
         screenshot = Path(os.environ.get("SSE_TEST_SCREENSHOT", tmp_path / "example.png"))
         browser.screenshot(screenshot)
         assert screenshot.read_bytes().startswith(b"\x89PNG")
+    finally:
+        browser.close()
+
+
+#: Opens a stream and counts, in ``window[name]``, what the page sees of it.
+LISTEN = """
+const [url, name] = arguments;
+const seen = window[name] = {opens: 0, data: [], readyState: 0};
+const source = new EventSource(url);
+source.onopen = () => { seen.opens += 1; seen.readyState = source.readyState; };
+source.onmessage = (event) => seen.data.push(event.data);
+source.onerror = () => { seen.readyState = source.readyState; };
+"""
+SEEN = "return window.bySession;"
+
+
+def test_a_private_stream_follows_the_session_across_reconnects(
+    gunicorn: Callable[..., Gunicorn], redis_url: str
+) -> None:
+    """Without a token: reconnects go on for as long as the session lasts, then stop for good."""
+    chromium = _need("chromium", "chromium")
+    chromedriver = _need("chromedriver", "chromium-driver")
+    # The server ends each stream after a second; the browser comes back 0.1 s later.
+    server = gunicorn(redis_url, SSE_MAX_AGE=1, SSE_RETRY=100, SSE_KEEPALIVE=0.5)
+    publisher = Publisher(redis_url)
+    browser = Browser(chromedriver, chromium, free_port())
+    try:
+        browser.open(f"http://127.0.0.1:{server.port}/pid")
+        assert browser.run_async(POST, "/login/ann", {}) == 200
+        browser.run(LISTEN, "/private?channel=news&channel=private-ann", "bySession")
+        # Beside it, the same channel by a token that lives one to two seconds:
+        # a reconnect after that is refused and the browser gives it up for good.
+        token_url = server.request("GET", "/stream_url?channel=private-ann&expires_in=1")[1]["url"]
+        browser.run(LISTEN, token_url, "byToken")
+        for number in range(5):
+            opened = partial(lambda n: browser.run(SEEN)["opens"] > n, number)
+            wait_for(opened, timeout=15, what=f"open {number + 1}")
+            publisher.publish(f"for ann {number}", channel="private-ann")
+            arrived = partial(lambda text: text in browser.run(SEEN)["data"], f"for ann {number}")
+            wait_for(arrived, what=f"event {number}")
+        seen = browser.run(SEEN)
+        assert seen["opens"] >= 5 and seen["readyState"] == 1  # still open after 4+ server ends
+        assert seen["data"] == [f"for ann {number}" for number in range(5)]  # each once, in order
+        by_token = browser.run("return window.byToken;")
+        assert by_token["opens"] <= 2 and by_token["readyState"] == 2
+
+        assert browser.run_async(POST, "/logout", {}) == 200
+        wait_for(lambda: browser.run(SEEN)["readyState"] == 2, timeout=15, what="EventSource closed")
+        status, body = server.request("GET", "/private?channel=private-ann")
+        assert status == 403 and "authorize callback own_channel_only()" in str(body["error"])
     finally:
         browser.close()
