@@ -21,7 +21,7 @@ from .hub import HubUnavailable
 from .message import read_wire
 from .registry import history_for, is_cluster, redis_client
 from .state import SSEState, app_state
-from .stream import KEEPALIVE, open_stream, parse_last_event_id
+from .stream import listen, parse_last_event_id
 
 
 def _state() -> SSEState:
@@ -91,7 +91,7 @@ def publish_command(
 )
 @click.option(
     "--format", "output", type=click.Choice(["sse", "json"]), default="sse", show_default=True,
-    help="The wire form, or one JSON object per event.",
+    help="The wire form, or one JSON object per event that names its channel.",
 )
 @click.option("--count", type=click.IntRange(min=1), help="Stop after this many events.")
 def listen_command(
@@ -113,27 +113,28 @@ def listen_command(
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--last-event-id") from None
     try:
-        hub, subscription, _, body = open_stream(config, channels, resume)
+        hub, subscription, opening, events = listen(config, channels, resume)
     except HubUnavailable as error:
         raise click.ClickException(f"Cannot listen: {error}.") from None
+    if output == "sse" and opening is not None:
+        click.echo(f"id:{opening}\n")
     seen = 0
     try:
-        for chunk in body:
-            if chunk == KEEPALIVE:
-                continue
+        for channel, chunk in events:
             text = chunk.decode()
-            events = read_wire(text)
             if output == "sse":
                 click.echo(text, nl=False)
-            for message in events if output == "json" else ():
-                click.echo(json.dumps(message.to_dict()))
-            seen += len(events)
+            for message in read_wire(text) if output == "json" else ():
+                click.echo(json.dumps({"channel": channel, **message.to_dict()}))
+            seen += 1
             if count is not None and seen >= count:
                 break
     except KeyboardInterrupt:
         pass
+    except redis.RedisError as error:
+        raise _unreachable("read history", config.redis_url, error) from None
     finally:
-        body.close()
+        events.close()
         hub.unsubscribe(subscription)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 
 import redis
 
@@ -84,13 +84,42 @@ def open_stream(
     transport = transport or Transport(None)
     if config.end_streams_on_sigterm:
         registry.end_streams_on_sigterm()
-    hub = registry.hub_for(config.redis_url, config.namespace)
-    subscription, occupied = hub.subscribe(channels, config.queue_size, transport.hang_up)
-    history = registry.history_for(config.redis_url, config.namespace) if config.history else None
-    positions = resume or hub.positions(channels)
+    hub, subscription, occupied, history, positions = _subscribe(
+        config, channels, resume, transport.hang_up
+    )
     resuming = resume is not None
     body = event_stream(subscription, config, history, positions, resuming, transport)
     return hub, subscription, occupied, body
+
+
+def listen(
+    config: SSEConfig, channels: tuple[str, ...], resume: dict[str, Position] | None
+) -> tuple[Hub, Subscription, str | None, Generator[tuple[str, bytes], None, None]]:
+    """Subscribe ``channels`` for a reader in this process (``flask sse listen``).
+
+    Returns the hub, the subscription, the id a client would resume from now
+    (``None`` without history), and the events as ``(channel, wire form)``:
+    the same events, each once and in the same order, as a stream's body,
+    without its keepalives. The caller unsubscribes when done.
+    """
+    hub, subscription, _, history, positions = _subscribe(config, channels, resume, None)
+    opening = None if history is None else format_last_event_id(channels, positions)
+    events = channel_events(subscription, config.keepalive, history, positions, resume is not None)
+    return hub, subscription, opening, events
+
+
+def _subscribe(
+    config: SSEConfig,
+    channels: tuple[str, ...],
+    resume: dict[str, Position] | None,
+    on_overflow: Callable[[], None] | None,
+) -> tuple[Hub, Subscription, tuple[str, ...], History | None, dict[str, Position]]:
+    """Subscribe first, then take the positions: the seam described above."""
+    hub = registry.hub_for(config.redis_url, config.namespace)
+    subscription, occupied = hub.subscribe(channels, config.queue_size, on_overflow)
+    history = registry.history_for(config.redis_url, config.namespace) if config.history else None
+    positions = resume or hub.positions(channels)
+    return hub, subscription, occupied, history, positions
 
 
 def event_stream(
@@ -168,6 +197,30 @@ def event_stream(
                 last_write = now
     finally:
         subscription.write_directly_with(None)
+
+
+def channel_events(
+    subscription: Subscription,
+    wake_every: float,
+    history: History | None,
+    positions: dict[str, Position],
+    resume: bool,
+) -> Generator[tuple[str, bytes], None, None]:
+    """Each event's channel and wire form, as :func:`listen` describes.
+
+    Wakes every ``wake_every`` seconds to see whether the subscription ended.
+    """
+    channels = subscription.channels
+    pending = _backlog(history, channels, positions) if history is not None and resume else []
+    while True:
+        for delivery in pending:
+            chunk = delivery.chunk if history is None else _render([delivery], channels, positions)
+            if chunk:
+                yield delivery.channel, chunk
+        if subscription.ended:
+            return
+        subscription.wake_at(time.monotonic() + wake_every)
+        pending = subscription.wait()
 
 
 def _backlog(

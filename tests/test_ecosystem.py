@@ -45,8 +45,9 @@ def test_cli_publish_then_listen_replays_from_history(make_app: MakeApp) -> None
     assert (first["data"], first["type"]) == ('{"price": 3}', "update")
     assert second["data"] == "two\nlines" and "type" not in second
     assert first["id"] < second["id"]
+    assert first["channel"] == second["channel"] == "news"
     wire = runner.invoke(args=["sse", "listen", "news", "--last-event-id", first["id"], "--count", "1"])
-    assert wire.stdout.startswith("retry:3000\nid:")
+    assert wire.stdout.startswith(f"id:{first['id']}\n\n")  # where it resumes from
     assert "data:two\ndata:lines\nid:" in wire.stdout
 
 
@@ -63,6 +64,7 @@ def test_the_readme_listen_line_with_one_position_for_every_channel(make_app: Ma
         '{"channel": "news"}', '{"channel": "alerts"}'
     ]
     assert [e["data"] for e in events if "type" not in e] == ["on news", "on alerts"]
+    assert [e["channel"] for e in events] == ["news", "alerts", "news", "alerts"]
     assert readme_line in (ROOT / "README.md").read_text()
 
 
@@ -125,6 +127,20 @@ def test_cli_listen_and_stats_against_real_redis(
         listening.join(0.05)
     assert not listening.is_alive()
     assert outcome["result"].output.count("data:ping\n") >= 2
+
+    # Without history the ids say nothing of the channel: the JSON still names it.
+    runner = make_app(redis_url, SSE_HISTORY=0).test_cli_runner()
+    args = ["sse", "listen", "a", "b", "--count", "4", "--format", "json"]
+    listening = threading.Thread(target=lambda: outcome.update(result=runner.invoke(args=args)))
+    listening.start()
+    while listening.is_alive() and time.monotonic() < deadline + 10:
+        publisher.publish("b", channel="b")
+        publisher.publish("a", channel="a")
+        listening.join(0.05)
+    assert not listening.is_alive()
+    events = [json.loads(line) for line in outcome["result"].stdout.splitlines()]
+    assert len(events) == 4 and {event["channel"] for event in events} == {"a", "b"}
+    assert all(event["channel"] == event["data"] for event in events)
 
     server = gunicorn(redis_url)
     streams = [StreamClient(server.port, "/stream?channel=room") for _ in range(3)]
