@@ -26,7 +26,7 @@ class Publisher:
     With ``history`` (the number of events kept per channel, as
     ``SSE_HISTORY``) each event is appended to its channel's history and
     published in one atomic step, and its id is its history position: an
-    ``id`` given here is then not sent (see the README's "Resume"). With
+    ``id`` given here is then not sent (see docs/resume.md). With
     ``history=0`` the event is only published, with the ``id`` given.
 
     ``namespace`` must be the app's ``SSE_NAMESPACE`` (see ``naming.py``).

@@ -83,7 +83,9 @@ def create_app() -> Flask:
     def stream_url() -> dict[str, str]:
         """``sse.stream_url()``: the URL (with a token for private channels)."""
         expires_in = float(request.args.get("expires_in", 3600))
-        return {"url": sse.stream_url(*request.args.getlist("channel"), expires_in=expires_in)}
+        external = "external" in request.args  # an absolute URL, as a page on another origin needs
+        channels = request.args.getlist("channel")
+        return {"url": sse.stream_url(*channels, expires_in=expires_in, _external=external)}
 
     @app.post("/login/<user>")
     def login(user: str) -> dict[str, str]:

@@ -9,6 +9,7 @@ events published while the browser waits to reconnect arrive once each.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 from flask_sse import Publisher
 
 from .browser import Browser
-from .conftest import Gunicorn, _need, free_port
+from .conftest import ROOT, Gunicorn, _need, free_port
 from .sse_client import wait_for
 
 pytestmark = pytest.mark.integration
@@ -132,4 +133,54 @@ def test_a_private_stream_follows_the_session_across_reconnects(
         status, body = server.request("GET", "/private?channel=private-ann")
         assert status == 403 and "authorize callback own_channel_only()" in str(body["error"])
     finally:
+        browser.close()
+
+
+#: Counts the page's calls of ``fetch`` (each one a renewal of the token).
+COUNT_FETCHES = """
+window.fetches = 0;
+const realFetch = window.fetch;
+window.fetch = (...args) => { window.fetches += 1; return realFetch(...args); };
+window.received = [];
+"""
+
+
+def test_the_documented_token_renewal_loses_nothing(
+    gunicorn: Callable[..., Gunicorn], redis_url: str
+) -> None:
+    """docs/security.md's ``listen()``: tokens of a second, streams ended every second."""
+    chromium = _need("chromium", "chromium")
+    chromedriver = _need("chromedriver", "chromium-driver")
+    snippet = (ROOT / "docs" / "security.md").read_text().split("```js\n// A page on another origin")[1]
+    snippet = "// A page on another origin" + snippet.split("```")[0]
+    server = gunicorn(redis_url, SSE_MAX_AGE=1, SSE_RETRY=100, SSE_KEEPALIVE=0.5)
+    browser = Browser(chromedriver, chromium, free_port())
+    published: list[str] = []
+    stop = threading.Event()
+
+    def publish_steadily() -> None:
+        publisher = Publisher(redis_url)
+        while not stop.wait(0.05):  # a steady stream of events, also while the page renews
+            published.append(f"event {len(published)}")
+            publisher.publish(published[-1], channel="private-ann")
+
+    publishing = threading.Thread(target=publish_steadily)
+    try:
+        browser.open(f"http://127.0.0.1:{server.port}/pid")
+        browser.run(COUNT_FETCHES)
+        browser.run(snippet + "listen('/stream_url?channel=private-ann&expires_in=1&external', "
+                    "(event) => window.received.push(event.data));")
+        publishing.start()
+        wait_for(lambda: browser.run("return window.received.length;") > 0, what="a first event")
+        wait_for(lambda: browser.run("return window.fetches;") >= 4, timeout=30, what="3 renewals")
+        stop.set()
+        publishing.join()
+        everything = partial(lambda last: last in browser.run("return window.received;"), published[-1])
+        wait_for(everything, timeout=15, what="the last event")
+        received = browser.run("return window.received;")
+        assert received == published[published.index(received[0]):]  # each once, in order
+    finally:
+        stop.set()
+        if publishing.is_alive():
+            publishing.join()
         browser.close()

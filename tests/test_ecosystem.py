@@ -65,7 +65,7 @@ def test_the_readme_listen_line_with_one_position_for_every_channel(make_app: Ma
     ]
     assert [e["data"] for e in events if "type" not in e] == ["on news", "on alerts"]
     assert [e["channel"] for e in events] == ["news", "alerts", "news", "alerts"]
-    assert readme_line in (ROOT / "README.md").read_text()
+    assert readme_line in (ROOT / "docs" / "cli.md").read_text()
 
 
 @pytest.mark.parametrize(

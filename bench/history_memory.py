@@ -1,0 +1,63 @@
+"""Redis memory that history takes: per channel, and per stored event.
+
+``python -m bench.history_memory`` starts its own redis-server on a loopback
+port, publishes through ``Publisher`` (as apps do) and prints what Redis's
+``MEMORY USAGE`` reports for each channel's history stream. The figures feed
+the sizing section of the docs (``docs/scaling.md``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import redis
+
+from bench.run import _pings, free_port, wait_until
+from flask_sse import Publisher
+from flask_sse.naming import Names
+
+#: Sizes of the published ``data`` (a string of this many characters).
+DATA_SIZES = (20, 300, 2000)
+#: Events per channel: the default ``SSE_HISTORY``.
+EVENTS = 1000
+
+
+def measure(client: redis.Redis, publisher: Publisher, names: Names) -> list[str]:
+    lines = []
+    publisher.publish("x", type="update", channel="one-event")
+    single = client.memory_usage(names.history_key("one-event"), samples=0) or 0
+    lines.append(f"one channel with one event: {single:,} bytes")
+    for size in DATA_SIZES:
+        channel = f"data-{size}"
+        for _ in range(EVENTS):
+            publisher.publish("x" * size, type="update", channel=channel)
+        used = client.memory_usage(names.history_key(channel), samples=0) or 0
+        per_event = (used - single) / (EVENTS - 1)
+        lines.append(
+            f"{EVENTS} events of {size}-character data: {used:,} bytes, "
+            f"{per_event:,.0f} per event ({per_event - size:,.0f} beyond the data)"
+        )
+    return lines
+
+
+def main() -> None:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed (Debian: apt-get install redis-server)")
+    port = free_port()
+    arguments = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    server = subprocess.Popen([binary, *arguments], stdout=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    try:
+        wait_until(lambda: _pings(client), 10, "redis-server")
+        publisher = Publisher(f"redis://127.0.0.1:{port}/0")
+        print("\n".join(measure(client, publisher, Names("", 0, sharded=False))))
+    finally:
+        client.close()
+        server.terminate()
+        server.wait(10)
+
+
+if __name__ == "__main__":
+    main()
