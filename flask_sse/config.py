@@ -38,8 +38,9 @@ DEFAULTS: dict[str, Any] = {
     #: Seconds after which a stream ends cleanly and the browser reconnects
     #: and resumes (behind load balancers, for rolling deploys); 0: never.
     "SSE_MAX_AGE": 0,
-    #: Channels whose names start with this are private: streamed only with
-    #: a token from ``sse.token_for()`` that names them.
+    #: Channels whose names start with this are private: streamed only when
+    #: the blueprint's ``authorize`` callback allows them or a token from
+    #: ``sse.token_for()`` names them.
     "SSE_PRIVATE_PREFIX": "private-",
     #: Open streams one process serves before answering 503 (0: no limit).
     "SSE_MAX_CONNECTIONS": 0,
