@@ -17,7 +17,7 @@ from flask import Blueprint, current_app, jsonify, request, url_for
 from flask.blueprints import BlueprintSetupState
 from flask.sansio.scaffold import setupmethod
 
-from . import access, cli, presence, signals
+from . import access, cli, presence, refusal, signals
 from .config import SSEConfig, channel_problem, load_config
 from .history import Position
 from .hub import Hub, HubUnavailable
@@ -33,8 +33,6 @@ logger = logging.getLogger("flask_sse")
 
 _Authorizer = TypeVar("_Authorizer", bound=access.Authorizer)
 
-#: Seconds a client is asked to wait after a 503.
-RETRY_AFTER_SECONDS = 5
 #: Longest query string a stream request may have (16 channels of 200
 #: characters and a token for them fit well within it).
 MAX_QUERY_STRING = 32768
@@ -161,24 +159,29 @@ class ServerSentEventsBlueprint(Blueprint):
             return jsonify(error=str(refused)), refused.status
         hub = hub_for(config.redis_url, config.namespace)
         if config.max_connections and hub.streams >= config.max_connections:
-            return _unavailable(
+            return refusal.unavailable(
+                request,
                 f"This server holds its limit of {config.max_connections} streams "
-                "(SSE_MAX_CONNECTIONS)."
+                "(SSE_MAX_CONNECTIONS).",
+                config.retry,
             )
         problem = server_problem(request.environ)
         if problem is not None:
             refuse, message = problem
-            if refuse:
-                return _unavailable(message)
+            if refuse:  # final, also for a browser: retrying cannot help
+                return jsonify(error=message), 503
             _warn_once(message)
         transport = Transport.from_environ(request.environ)
         try:
             hub, subscription, occupied, body = open_stream(config, channels, resume, transport)
         except HubUnavailable as error:
-            return _unavailable(
+            return refusal.unavailable(
+                request,
                 f"The event broker is unavailable: {error}. Check SSE_REDIS_URL and that its "
-                "Redis server is running (or use 'memory://' for development)."
+                "Redis server is running (or use 'memory://' for development).",
+                config.retry,
             )
+        refusal.trouble.ended()
         response = EventStreamResponse(
             body, transport, config.direct_write,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -300,10 +303,6 @@ def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
         logger.warning(message)
-
-
-def _unavailable(message: str) -> Any:
-    return jsonify(error=message), 503, {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 def _channels_problem(channels: tuple[str, ...], max_channels: int, cluster: bool) -> str | None:

@@ -42,7 +42,7 @@ DEFAULTS: dict[str, Any] = {
     #: the blueprint's ``authorize`` callback allows them or a token from
     #: ``sse.token_for()`` names them.
     "SSE_PRIVATE_PREFIX": "private-",
-    #: Open streams one process serves before answering 503 (0: no limit).
+    #: Open streams one process serves before refusing more (0: no limit).
     "SSE_MAX_CONNECTIONS": 0,
     #: Under ``gunicorn -k gevent``, write events straight to an idle
     #: stream's socket when nothing transforms the body (see ``transport.py``).

@@ -111,7 +111,7 @@ class Hub:
 
         Returns the subscription and the channels it brought to this process
         (their first subscriber here). Raises :class:`HubUnavailable` when
-        Redis cannot be reached, so the caller can answer 503 instead of
+        Redis cannot be reached, so the caller can refuse instead of
         opening a stream that stays silent.
         ``on_overflow`` is called (from a reader thread) if the subscriber
         falls ``queue_size`` events behind.

@@ -9,7 +9,7 @@ import pytest
 from flask import Flask, abort, request
 from flask.testing import FlaskClient
 
-from flask_sse import Publisher, ServerSentEventsBlueprint, send_event, sse
+from flask_sse import Publisher, ServerSentEventsBlueprint, refusal, send_event, sse
 from flask_sse.registry import hub_for, redis_client
 
 from .conftest import MakeApp, OpenClientStream
@@ -116,6 +116,20 @@ def test_redis_down_at_connect_is_a_503(app: Flask, memory_url: str, client: Fla
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
     assert "unavailable" in response.get_json()["error"]
+
+
+def test_redis_down_at_connect_is_retried_by_an_event_source(
+    make_app: MakeApp, memory_url: str
+) -> None:
+    """``EventSource`` never retries a 503: it gets a stream that says ``retry:`` and ends."""
+    client = make_app(SSE_RETRY=2000).test_client()
+    refusal.trouble.ended()  # a spell of this test's own: its delay starts at SSE_RETRY
+    redis_client(memory_url).connection_pool.connection_kwargs["server"].connected = False
+    response = client.get("/stream", headers={"Accept": "text/event-stream"})
+    assert response.status_code == 200 and response.mimetype == "text/event-stream"
+    retry, comment, end = response.get_data(as_text=True).split("\n", 2)
+    assert 1000 <= int(retry.removeprefix("retry:")) <= 3000  # SSE_RETRY, jittered
+    assert comment.startswith(": The event broker is unavailable") and end == "\n"
 
 
 def test_publishing_needs_an_app_with_the_blueprint() -> None:

@@ -180,13 +180,21 @@ def test_before_request_hook_guards_a_channel(gunicorn: Start, redis_url: str) -
     allowed.close()
 
 
-def test_redis_unreachable_at_connect_is_a_503(gunicorn: Start) -> None:
-    server = gunicorn(f"redis://127.0.0.1:{free_port()}/0")
-    stream = StreamClient(server.port, "/stream")
-    assert stream.status == 503
-    assert stream.headers["Retry-After"] == "5"
-    assert b"unavailable" in stream.body()
-    stream.close()
+def test_redis_unreachable_at_connect_is_retried_by_every_client(gunicorn: Start) -> None:
+    """A browser gets an answer it retries (a 503 would close it for good); others a 503."""
+    server = gunicorn(f"redis://127.0.0.1:{free_port()}/0", SSE_RETRY=1000)
+    retries = []
+    for _ in range(3):
+        with StreamClient(server.port, "/stream?channel=news", {"Last-Event-ID": "5-0"}) as browser:
+            assert browser.status == 200 and browser.headers["Content-Type"].startswith("text/event-stream")
+            body = browser.body().decode()  # complete: the answer ends at once
+            retry, comment = body.split("\n")[:2]
+            assert retry.startswith("retry:") and "id:" not in body  # the browser keeps its id
+            assert comment.startswith(": The event broker is unavailable")
+            retries.append(int(retry.removeprefix("retry:")))
+    assert all(500 <= retry <= 45_000 for retry in retries)  # SSE_RETRY and more, jittered
+    status, error = server.request("GET", "/stream", headers={"Accept": "application/json"})
+    assert status == 503 and "unavailable" in str(error["error"])
 
 
 def test_the_hub_resubscribes_after_its_connection_is_killed(
@@ -276,9 +284,11 @@ def test_limits_and_hostile_requests_through_a_real_server(gunicorn: Start, redi
             assert error in refused.body()
     streams = [open_stream(server, "channel=full") for _ in range(3)]
     with StreamClient(server.port, "/stream?channel=full") as refused:
-        assert refused.status == 503
-        assert refused.headers["Retry-After"] == "5"
-        assert b"SSE_MAX_CONNECTIONS" in refused.body()
+        assert refused.status == 200  # an EventSource retries it
+        answer = refused.body()
+        assert answer.startswith(b"retry:") and b"SSE_MAX_CONNECTIONS" in answer
+    status, body = server.request("GET", "/stream?channel=full", headers={"Accept": "*/*"})
+    assert status == 503 and "SSE_MAX_CONNECTIONS" in str(body["error"])
     for stream in streams:
         stream.close()
 
