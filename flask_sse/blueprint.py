@@ -173,7 +173,7 @@ class ServerSentEventsBlueprint(Blueprint):
             _warn_once(message)
         transport = Transport.from_environ(request.environ)
         try:
-            hub, subscription, occupied, body = open_stream(config, channels, resume, transport)
+            subscription, occupied, body = open_stream(hub, config, channels, resume, transport)
         except HubUnavailable as error:
             return refusal.unavailable(
                 request,

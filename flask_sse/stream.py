@@ -68,28 +68,28 @@ def format_last_event_id(channels: tuple[str, ...], positions: dict[str, Positio
 
 
 def open_stream(
+    hub: Hub,
     config: SSEConfig,
     channels: tuple[str, ...],
     resume: dict[str, Position] | None,
-    transport: Transport | None = None,
-) -> tuple[Hub, Subscription, tuple[str, ...], Generator[bytes, None, None]]:
-    """Subscribe ``channels`` on this process's hub and make the stream's body.
+    transport: Transport,
+) -> tuple[Subscription, tuple[str, ...], Generator[bytes, None, None]]:
+    """Subscribe ``channels`` on ``hub`` (the app's, from the registry) and make the body.
 
     ``resume``: the positions of a ``Last-Event-ID`` to replay after, or
-    ``None`` to start from now. Returns the hub, the subscription, the
-    channels it brought to this process, and the body. Raises
+    ``None`` to start from now. Returns the subscription, the channels it
+    brought to this process, and the body. Raises
     :class:`~flask_sse.hub.HubUnavailable` when Redis cannot be reached.
     The caller unsubscribes when the body is done.
     """
-    transport = transport or Transport(None)
     if config.end_streams_on_sigterm:
         registry.end_streams_on_sigterm()
-    hub, subscription, occupied, history, positions = _subscribe(
-        config, channels, resume, transport.hang_up
+    subscription, occupied, history, positions = _subscribe(
+        hub, config, channels, resume, transport.hang_up
     )
     resuming = resume is not None
     body = event_stream(subscription, config, history, positions, resuming, transport)
-    return hub, subscription, occupied, body
+    return subscription, occupied, body
 
 
 def listen(
@@ -102,24 +102,25 @@ def listen(
     the same events, each once and in the same order, as a stream's body,
     without its keepalives. The caller unsubscribes when done.
     """
-    hub, subscription, _, history, positions = _subscribe(config, channels, resume, None)
+    hub = registry.hub_for(config.redis_url, config.namespace)
+    subscription, _, history, positions = _subscribe(hub, config, channels, resume, None)
     opening = None if history is None else format_last_event_id(channels, positions)
     events = channel_events(subscription, config.keepalive, history, positions, resume is not None)
     return hub, subscription, opening, events
 
 
 def _subscribe(
+    hub: Hub,
     config: SSEConfig,
     channels: tuple[str, ...],
     resume: dict[str, Position] | None,
     on_overflow: Callable[[], None] | None,
-) -> tuple[Hub, Subscription, tuple[str, ...], History | None, dict[str, Position]]:
+) -> tuple[Subscription, tuple[str, ...], History | None, dict[str, Position]]:
     """Subscribe first, then take the positions: the seam described above."""
-    hub = registry.hub_for(config.redis_url, config.namespace)
     subscription, occupied = hub.subscribe(channels, config.queue_size, on_overflow)
     history = registry.history_for(config.redis_url, config.namespace) if config.history else None
     positions = resume or hub.positions(channels)
-    return hub, subscription, occupied, history, positions
+    return subscription, occupied, history, positions
 
 
 def event_stream(
