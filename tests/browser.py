@@ -24,6 +24,21 @@ CHROMIUM_FLAGS = [
     "--disable-sync", "--window-size=1000,800",
 ]
 
+#: Opens an ``EventSource`` and records, in ``window.eventSources[name]``, what it sees.
+_LISTEN = """
+const [url, name] = arguments;
+window.eventSources = window.eventSources || {};
+const seen = window.eventSources[name] = {opens: 0, errors: 0, data: [], readyState: 0, closed: false};
+const source = new EventSource(url);
+source.onopen = () => { seen.opens += 1; seen.readyState = source.readyState; };
+source.onmessage = (event) => seen.data.push(event.data);
+source.onerror = () => {
+  seen.errors += 1;
+  seen.readyState = source.readyState;
+  if (source.readyState === EventSource.CLOSED) seen.closed = true;  // given up for good
+};
+"""
+
 
 class Browser:
     def __init__(self, chromedriver: str, chromium: str, port: int) -> None:
@@ -66,6 +81,15 @@ class Browser:
     def run_async(self, script: str, *args: object) -> Any:
         """Run ``script``; it calls ``arguments[arguments.length - 1](value)`` when done."""
         return self._call("POST", f"/session/{self.session}/execute/async", {"script": script, "args": list(args)})
+
+    def listen(self, url: str, name: str = "stream") -> None:
+        """Open an ``EventSource`` on ``url`` in the page; :meth:`seen` tells what it saw."""
+        self.run(_LISTEN, url, name)
+
+    def seen(self, name: str = "stream") -> dict[str, Any]:
+        """What the ``EventSource`` named ``name`` saw: opens, errors, data, readyState, closed."""
+        state: dict[str, Any] = self.run("return window.eventSources[arguments[0]];", name)
+        return state
 
     def screenshot(self, path: Path) -> None:
         path.write_bytes(base64.b64decode(self._call("GET", f"/session/{self.session}/screenshot")))

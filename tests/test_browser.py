@@ -86,18 +86,6 @@ def test_the_example_page_in_a_real_browser(
         browser.close()
 
 
-#: Opens a stream and counts, in ``window[name]``, what the page sees of it.
-LISTEN = """
-const [url, name] = arguments;
-const seen = window[name] = {opens: 0, data: [], readyState: 0};
-const source = new EventSource(url);
-source.onopen = () => { seen.opens += 1; seen.readyState = source.readyState; };
-source.onmessage = (event) => seen.data.push(event.data);
-source.onerror = () => { seen.readyState = source.readyState; };
-"""
-SEEN = "return window.bySession;"
-
-
 def test_a_private_stream_follows_the_session_across_reconnects(
     gunicorn: Callable[..., Gunicorn], redis_url: str
 ) -> None:
@@ -111,25 +99,25 @@ def test_a_private_stream_follows_the_session_across_reconnects(
     try:
         browser.open(f"http://127.0.0.1:{server.port}/pid")
         assert browser.run_async(POST, "/login/ann", {}) == 200
-        browser.run(LISTEN, "/private?channel=news&channel=private-ann", "bySession")
+        browser.listen("/private?channel=news&channel=private-ann", "bySession")
         # Beside it, the same channel by a token that lives one to two seconds:
         # a reconnect after that is refused and the browser gives it up for good.
         token_url = server.request("GET", "/stream_url?channel=private-ann&expires_in=1")[1]["url"]
-        browser.run(LISTEN, token_url, "byToken")
+        browser.listen(str(token_url), "byToken")
         for number in range(5):
-            opened = partial(lambda n: browser.run(SEEN)["opens"] > n, number)
+            opened = partial(lambda n: browser.seen("bySession")["opens"] > n, number)
             wait_for(opened, timeout=15, what=f"open {number + 1}")
             publisher.publish(f"for ann {number}", channel="private-ann")
-            arrived = partial(lambda text: text in browser.run(SEEN)["data"], f"for ann {number}")
+            arrived = partial(lambda text: text in browser.seen("bySession")["data"], f"for ann {number}")
             wait_for(arrived, what=f"event {number}")
-        seen = browser.run(SEEN)
+        seen = browser.seen("bySession")
         assert seen["opens"] >= 5 and seen["readyState"] == 1  # still open after 4+ server ends
         assert seen["data"] == [f"for ann {number}" for number in range(5)]  # each once, in order
-        by_token = browser.run("return window.byToken;")
+        by_token = browser.seen("byToken")
         assert by_token["opens"] <= 2 and by_token["readyState"] == 2
 
         assert browser.run_async(POST, "/logout", {}) == 200
-        wait_for(lambda: browser.run(SEEN)["readyState"] == 2, timeout=15, what="EventSource closed")
+        wait_for(lambda: browser.seen("bySession")["readyState"] == 2, timeout=15, what="EventSource closed")
         status, body = server.request("GET", "/private?channel=private-ann")
         assert status == 403 and "authorize callback own_channel_only()" in str(body["error"])
     finally:

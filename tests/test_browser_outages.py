@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 import redis
@@ -24,20 +23,6 @@ from .sse_client import StreamClient, wait_for
 
 pytestmark = pytest.mark.integration
 
-#: Opens ``/stream?channel=news`` and records what the page sees of it.
-LISTEN = """
-const seen = window.seen = {opens: 0, errors: 0, closed: false, data: []};
-const source = new EventSource(arguments[0]);
-source.onopen = () => { seen.opens += 1; };
-source.onmessage = (event) => seen.data.push(event.data);
-source.onerror = () => {
-  seen.errors += 1;
-  if (source.readyState === EventSource.CLOSED) seen.closed = true;  // given up for good
-};
-"""
-SEEN = "return window.seen;"
-
-
 @pytest.fixture
 def browser() -> Iterator[Browser]:
     chromium = _need("chromium", "chromium")
@@ -47,28 +32,23 @@ def browser() -> Iterator[Browser]:
     started.close()
 
 
-def seen(browser: Browser) -> dict[str, Any]:
-    state: dict[str, Any] = browser.run(SEEN)
-    return state
-
-
 def test_a_page_outlives_a_redis_outage_across_several_stream_ends(
     gunicorn: Callable[..., Gunicorn], durable_redis: RedisServer, browser: Browser
 ) -> None:
     server = gunicorn(durable_redis.url, SSE_MAX_AGE=2, SSE_RETRY=200, SSE_KEEPALIVE=0.5)
     publisher = Publisher(durable_redis.url)
     browser.open(f"http://127.0.0.1:{server.port}/pid")
-    browser.run(LISTEN, "/stream?channel=news")
-    wait_for(lambda: seen(browser)["opens"] == 1, what="the stream to open")
+    browser.listen("/stream?channel=news")
+    wait_for(lambda: browser.seen()["opens"] == 1, what="the stream to open")
     accepted = []
     for number in range(3):
         accepted.append(f"before {number}")
         publisher.publish(accepted[-1], channel="news")
-    wait_for(lambda: seen(browser)["data"] == accepted, what="the events before the outage")
+    wait_for(lambda: browser.seen()["data"] == accepted, what="the events before the outage")
 
     durable_redis.stop()
     stopped = time.monotonic()
-    errors_before = seen(browser)["errors"]
+    errors_before = browser.seen()["errors"]
     retried: list[str] = []
 
     def publish_until_accepted() -> None:
@@ -90,10 +70,10 @@ def test_a_page_outlives_a_redis_outage_across_several_stream_ends(
         # The server ends the page's stream (SSE_MAX_AGE); every reconnect
         # meets the outage, which lasts 15 s. The page must go on asking, never close.
         def long_outage_met_often() -> bool:
-            return time.monotonic() - stopped >= 15 and seen(browser)["errors"] >= errors_before + 8
+            return time.monotonic() - stopped >= 15 and browser.seen()["errors"] >= errors_before + 8
 
         wait_for(long_outage_met_often, timeout=60, what="15 s of outage and eight reconnects")
-        assert not seen(browser)["closed"]
+        assert not browser.seen()["closed"]
     finally:
         durable_redis.start()
         publishing.join(30)
@@ -103,8 +83,8 @@ def test_a_page_outlives_a_redis_outage_across_several_stream_ends(
     for number in range(2):
         accepted.append(f"after {number}")
         publisher.publish(accepted[-1], channel="news")
-    wait_for(lambda: seen(browser)["data"] == accepted, timeout=60, what="every accepted event")
-    assert not seen(browser)["closed"]
+    wait_for(lambda: browser.seen()["data"] == accepted, timeout=60, what="every accepted event")
+    assert not browser.seen()["closed"]
 
 
 def test_a_page_waits_out_the_connection_limit(
@@ -114,15 +94,15 @@ def test_a_page_waits_out_the_connection_limit(
     holder = StreamClient(server.port, "/stream?channel=other")  # the only stream this worker takes
     assert holder.status == 200
     browser.open(f"http://127.0.0.1:{server.port}/pid")
-    browser.run(LISTEN, "/stream?channel=news")
-    wait_for(lambda: seen(browser)["errors"] >= 3, what="three refusals at the limit")
-    assert not seen(browser)["closed"] and seen(browser)["data"] == []
+    browser.listen("/stream?channel=news")
+    wait_for(lambda: browser.seen()["errors"] >= 3, what="three refusals at the limit")
+    assert not browser.seen()["closed"] and browser.seen()["data"] == []
     holder.close()
     publisher = Publisher(redis_url)
 
     def arrived() -> bool:
         publisher.publish("welcome", channel="news")
-        return "welcome" in seen(browser)["data"]
+        return "welcome" in browser.seen()["data"]
 
     wait_for(arrived, timeout=30, what="the page to get in and receive")
-    assert not seen(browser)["closed"]
+    assert not browser.seen()["closed"]
