@@ -2,8 +2,9 @@
 
 ``python -m bench.history_memory`` starts its own redis-server on a loopback
 port, publishes through ``Publisher`` (as apps do) and prints what Redis's
-``MEMORY USAGE`` reports for each channel's history stream. The figures feed
-the sizing section of the docs (``docs/scaling.md``).
+``MEMORY USAGE`` reports for each channel's keys: its history stream and the
+idempotency keys of its recent publishes. The figures feed the sizing
+section of the docs (``docs/scaling.md``).
 """
 
 from __future__ import annotations
@@ -23,16 +24,22 @@ DATA_SIZES = (20, 300, 2000)
 EVENTS = 1000
 
 
+def used_by(client: redis.Redis, names: Names, channel: str) -> int:
+    """Bytes of the channel's keys: its history and its publishes' idempotency keys."""
+    keys = (names.history_key(channel), names.published_key(channel))
+    return sum(client.memory_usage(key, samples=0) or 0 for key in keys)
+
+
 def measure(client: redis.Redis, publisher: Publisher, names: Names) -> list[str]:
     lines = []
     publisher.publish("x", type="update", channel="one-event")
-    single = client.memory_usage(names.history_key("one-event"), samples=0) or 0
+    single = used_by(client, names, "one-event")
     lines.append(f"one channel with one event: {single:,} bytes")
     for size in DATA_SIZES:
         channel = f"data-{size}"
         for _ in range(EVENTS):
             publisher.publish("x" * size, type="update", channel=channel)
-        used = client.memory_usage(names.history_key(channel), samples=0) or 0
+        used = used_by(client, names, channel)
         per_event = (used - single) / (EVENTS - 1)
         lines.append(
             f"{EVENTS} events of {size}-character data: {used:,} bytes, "

@@ -75,13 +75,17 @@ class ServerSentEventsBlueprint(Blueprint):
         id: EventId | None = None,
         retry: int | None = None,
         channel: str | None = None,
+        idempotency_key: str | None = None,
     ) -> int:
         """Publish an event on ``channel`` (``SSE_DEFAULT_CHANNEL`` if none).
 
         Returns how many worker processes were subscribed to the channel.
+        ``idempotency_key`` and the errors: see :meth:`Publisher.publish`.
         """
         publisher = app_state("sse.publish").publisher
-        return publisher.publish(data, type=type, id=id, retry=retry, channel=channel)
+        return publisher.publish(
+            data, type=type, id=id, retry=retry, channel=channel, idempotency_key=idempotency_key
+        )
 
     @setupmethod
     def authorize(self, callback: _Authorizer) -> _Authorizer:
@@ -215,10 +219,16 @@ def send_event(
     channel: str | None = None,
     id: EventId | None = None,
     retry: int | None = None,
+    idempotency_key: str | None = None,
 ) -> int:
-    """Publish ``data`` as an event of type ``event`` (the original helper)."""
+    """Publish ``data`` as an event of type ``event`` (the original helper).
+
+    ``idempotency_key`` and the errors: see :meth:`Publisher.publish`.
+    """
     publisher = app_state("send_event").publisher
-    return publisher.publish(data, type=event, id=id, retry=retry, channel=channel)
+    return publisher.publish(
+        data, type=event, id=id, retry=retry, channel=channel, idempotency_key=idempotency_key
+    )
 
 
 def _init_app(setup: BlueprintSetupState) -> None:
@@ -228,7 +238,7 @@ def _init_app(setup: BlueprintSetupState) -> None:
     if state is None:
         publisher = Publisher(
             config.redis_url, config.default_channel, config.history, config.history_ttl,
-            config.namespace,
+            config.namespace, config.publish_attempts,
         )
         app.extensions["sse"] = SSEState(config, publisher)
     elif state.config != config:

@@ -57,9 +57,13 @@ def _unreachable(doing: str, redis_url: str, error: Exception) -> click.ClickExc
 @click.option(
     "--retry", type=click.IntRange(min=0), help="The browser's reconnection delay, in ms."
 )
+@click.option(
+    "--idempotency-key",
+    help="Names this publish: publishing again with the same key does nothing (safe retries).",
+)
 def publish_command(
     channel: str, data: str, event_type: str | None, as_json: bool, event_id: str | None,
-    retry: int | None,
+    retry: int | None, idempotency_key: str | None,
 ) -> None:
     """Publish DATA on CHANNEL."""
     value: Any = data
@@ -71,7 +75,8 @@ def publish_command(
     state = _state()
     try:
         receivers = state.publisher.publish(
-            value, type=event_type, id=event_id, retry=retry, channel=channel
+            value, type=event_type, id=event_id, retry=retry, channel=channel,
+            idempotency_key=idempotency_key,
         )
     except ValueError as error:
         raise click.BadParameter(str(error)) from None

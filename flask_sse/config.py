@@ -53,6 +53,10 @@ DEFAULTS: dict[str, Any] = {
     #: End every stream cleanly on SIGTERM (gunicorn's graceful stop), so the
     #: worker exits at once and browsers resume elsewhere.
     "SSE_END_STREAMS_ON_SIGTERM": True,
+    #: Tries of a publish that fails with ``redis.ConnectionError`` or
+    #: ``redis.TimeoutError`` before the error is raised (safe: a publish is
+    #: stored and delivered once however often it is tried).
+    "SSE_PUBLISH_ATTEMPTS": 3,
 }
 
 #: Keys that are not in ``DEFAULTS`` but mean something (the original library's).
@@ -86,6 +90,7 @@ class SSEConfig:
     direct_write: bool
     namespace: str
     end_streams_on_sigterm: bool
+    publish_attempts: int
 
 
 def load_config(app: App) -> SSEConfig:
@@ -114,6 +119,7 @@ def load_config(app: App) -> SSEConfig:
         direct_write=_boolean(config, "SSE_DIRECT_WRITE"),
         namespace=_namespace(config),
         end_streams_on_sigterm=_boolean(config, "SSE_END_STREAMS_ON_SIGTERM"),
+        publish_attempts=_integer(config, "SSE_PUBLISH_ATTEMPTS", minimum=1),
     )
 
 

@@ -12,6 +12,12 @@ Each entry also records the id of the entry before it (``p``). When a client
 resumes from position P, the first entry after P must name P as its
 predecessor; if it names another, entries between were trimmed (or expired)
 and the client is told there is a gap.
+
+Every publish carries an identity, and the script remembers the identities
+of the channel's recent publishes (a sorted set beside the stream, as many
+as history keeps, or ``REMEMBERED_WITHOUT_HISTORY``). A publish whose
+identity is already there is a repeat: a retry of a publish that timed out
+but ran when Redis woke up. It is neither stored nor published again.
 """
 
 from __future__ import annotations
@@ -35,8 +41,30 @@ FUTURE_SLACK_MS = 60_000
 
 _POSITION = re.compile(r"(\d{1,20})-(\d{1,20})")
 
+#: How many publish identities a channel remembers when it keeps no history.
+REMEMBERED_WITHOUT_HISTORY = 1000
+
+# KEYS: the channel's history (a stream), the identities of its recent publishes.
+# ARGV: the pub/sub channel, the payload, the events kept (0: no history), the
+# seconds an idle channel's keys live, PUBLISH or SPUBLISH, the identity, how
+# many identities to remember.
+# Returns {position or '', receivers, 1 if the identity was a repeat else 0}.
 _APPEND_AND_PUBLISH = """
+if redis.call('ZSCORE', KEYS[2], ARGV[6]) then
+  return {'', 0, 1}
+end
 local now = redis.call('TIME')
+local order = now[1] * 1000000 + now[2]
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')[2]
+if last and tonumber(last) >= order then
+  order = tonumber(last) + 1
+end
+redis.call('ZADD', KEYS[2], string.format('%.0f', order), ARGV[6])
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -1 - tonumber(ARGV[7]))
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+if ARGV[3] == '0' then
+  return {'', redis.call(ARGV[5], ARGV[1], ARGV[2]), 0}
+end
 local ms = now[1] * 1000 + math.floor(now[2] / 1000)
 local seq = (now[2] % 1000) * 1000
 local previous = '0-0'
@@ -55,7 +83,7 @@ local id = string.format('%.0f-%.0f', ms, seq)
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], id, 'p', previous, 'd', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 local receivers = redis.call(ARGV[5], ARGV[1], '{"id":"' .. id .. '",' .. string.sub(ARGV[2], 2))
-return {id, receivers}
+return {id, receivers, 0}
 """
 
 
@@ -90,25 +118,26 @@ class History:
         #: SPUBLISH on a cluster (sharded pub/sub), PUBLISH otherwise
         self.publish_command = "SPUBLISH" if names.sharded else "PUBLISH"
 
-    def publish(self, channel: str, payload: str, maxlen: int, ttl: int) -> tuple[str, int]:
-        """Append and publish atomically; return the position and the receivers.
+    def publish(
+        self, channel: str, payload: str, maxlen: int, ttl: int, identity: str
+    ) -> tuple[str | None, int]:
+        """Append and publish atomically, once per ``identity``; return position and receivers.
 
-        ``payload`` is a JSON object without an ``id``: the position becomes it.
+        ``payload`` is a JSON object. With history (``maxlen`` > 0) it has no
+        ``id``: the position becomes it. With ``maxlen`` 0 it is only
+        published, as it is, and the position is ``None``. A repeated
+        ``identity`` does nothing and returns ``(None, 0)``.
         """
         if not payload.startswith("{"):
             raise ValueError(f"a history payload must be a JSON object, got {payload[:40]!r}")
-        position, receivers = self._append_and_publish(
-            keys=[self.names.history_key(channel)],
-            args=[self.names.channel(channel), payload, maxlen, ttl, self.publish_command],
+        position, receivers, _repeat = self._append_and_publish(
+            keys=[self.names.history_key(channel), self.names.published_key(channel)],
+            args=[
+                self.names.channel(channel), payload, maxlen, ttl, self.publish_command,
+                identity, maxlen or REMEMBERED_WITHOUT_HISTORY,
+            ],
         )
-        return position.decode(), int(receivers)
-
-    def publish_live(self, channel: str, payload: str) -> int:
-        """Publish without history (``SSE_HISTORY = 0``); return the receivers."""
-        redis_channel = self.names.channel(channel)
-        if self.names.sharded:
-            return int(self._client.spublish(redis_channel, payload))
-        return int(self._client.publish(redis_channel, payload))
+        return position.decode() or None, int(receivers)
 
     def lengths(self) -> dict[str, int]:
         """Every channel that has a history, and its length (SCAN: for tools, not requests)."""

@@ -70,14 +70,22 @@ class Names:
         return name
 
     def history_key(self, channel: str) -> str:
-        """The stream of ``channel``, in the same Redis Cluster slot as the channel itself.
+        """The stream of ``channel``, in the same Redis Cluster slot as the channel itself."""
+        return self._channel_key("history", channel)
+
+    def published_key(self, channel: str) -> str:
+        """The identities of ``channel``'s recent publishes (a sorted set), in its slot too."""
+        return self._channel_key("published", channel)
+
+    def _channel_key(self, kind: str, channel: str) -> str:
+        """A key of ``channel`` that hashes like the channel name.
 
         A channel with a hash tag of its own (``"user{42}"``) keeps it; any
-        other is wrapped in one, so the key hashes like the channel name.
+        other is wrapped in one.
         """
         if hash_tag(channel) != channel:
-            return f"{self.key_prefix}history:{channel}"
-        return f"{self.key_prefix}history:{{{channel}}}"
+            return f"{self.key_prefix}{kind}:{channel}"
+        return f"{self.key_prefix}{kind}:{{{channel}}}"
 
     def channel_of_key(self, key: str) -> str:
         """The channel of a history key (the inverse of :meth:`history_key`)."""

@@ -7,13 +7,29 @@ are a ``Publisher`` bound to the app's configuration.
 
 from __future__ import annotations
 
+import logging
+import secrets
+import time
 from typing import Any
 
+import redis
 from flask import json
 
 from .config import DEFAULTS, channel_problem, check_redis_url
 from .message import EventId, Message, non_finite_path
 from .registry import history_for, is_cluster
+
+logger = logging.getLogger("flask_sse")
+
+#: The errors after which a publish may or may not have happened: the command
+#: may have reached Redis before the connection broke or the answer timed out.
+UNCERTAIN = (redis.ConnectionError, redis.TimeoutError)
+#: Longest ``idempotency_key``.
+MAX_KEY_LENGTH = 200
+#: Seconds before the first retry; each next one waits twice as long, up to
+#: ``LONGEST_PAUSE``.
+FIRST_PAUSE = 0.1
+LONGEST_PAUSE = 2.0
 
 
 class Publisher:
@@ -30,6 +46,13 @@ class Publisher:
     ``history=0`` the event is only published, with the ``id`` given.
 
     ``namespace`` must be the app's ``SSE_NAMESPACE`` (see ``naming.py``).
+
+    A publish that fails with ``redis.ConnectionError`` or
+    ``redis.TimeoutError`` may or may not have happened (Redis may run the
+    command after the answer timed out), so it is tried again, up to
+    ``attempts`` times in all, as ``SSE_PUBLISH_ATTEMPTS``. Retrying is safe:
+    every publish carries an identity, and Redis stores and delivers an
+    identity once (see ``history.py``).
     """
 
     def __init__(
@@ -39,6 +62,7 @@ class Publisher:
         history: int = DEFAULTS["SSE_HISTORY"],
         history_ttl: int = DEFAULTS["SSE_HISTORY_TTL"],
         namespace: str = "",
+        attempts: int = DEFAULTS["SSE_PUBLISH_ATTEMPTS"],
     ) -> None:
         check_redis_url(redis_url, setting="Publisher")
         problem = channel_problem(default_channel)
@@ -46,11 +70,14 @@ class Publisher:
             raise ValueError(f"default_channel is not usable: {problem}.")
         if history < 0 or history_ttl < 1:
             raise ValueError("history must be 0 or more and history_ttl 1 second or more")
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ValueError(f"attempts must be a whole number, 1 or more (got {attempts!r})")
         self.redis_url = redis_url
         self.default_channel = default_channel
         self.history = history
         self.history_ttl = history_ttl
         self.namespace = namespace
+        self.attempts = attempts
 
     def publish(
         self,
@@ -59,13 +86,25 @@ class Publisher:
         id: EventId | None = None,
         retry: int | None = None,
         channel: str | None = None,
+        idempotency_key: str | None = None,
     ) -> int:
         """Publish one event; return how many processes were listening.
 
+        ``idempotency_key`` names this publish, so that publishing it again
+        (a task retried by Celery or RQ, a script run twice) does nothing:
+        give something that stays the same across the retries, such as the
+        task's id plus what the event is about. Without one, each call gets
+        a key of its own, which covers this call's own retries. A repeat
+        returns 0. Keys are remembered per channel for as many publishes as
+        its history keeps (``REMEMBERED_WITHOUT_HISTORY`` with no history),
+        for as long as the history lives.
+
         Raises ``ValueError`` for a field that could break the stream (or
-        data holding NaN or infinity, which JSON cannot carry) and
-        ``redis.ConnectionError`` when Redis cannot be reached: an event is
-        never dropped silently.
+        data holding NaN or infinity, which JSON cannot carry). After
+        ``attempts`` tries, raises the last ``redis.ConnectionError`` or
+        ``redis.TimeoutError``: the event may or may not have been published,
+        so publish it again later with the same ``idempotency_key``. An
+        event is never dropped silently.
         """
         channel = self.default_channel if channel is None else channel
         problem = channel_problem(channel, cluster=is_cluster(self.redis_url))
@@ -77,17 +116,40 @@ class Publisher:
                 f"Cannot publish: {where} is NaN or infinite, which JSON cannot carry (the "
                 "browser's JSON.parse would reject the event). Send None or a string instead."
             )
-        return self._send(channel, Message(data, type=type, id=id, retry=retry))
+        if idempotency_key is not None and not (
+            isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= MAX_KEY_LENGTH
+        ):
+            raise ValueError(
+                f"Cannot publish: idempotency_key must be a string of 1 to {MAX_KEY_LENGTH} "
+                f"characters (got {idempotency_key!r:.60})."
+            )
+        return self._send(channel, Message(data, type=type, id=id, retry=retry), idempotency_key)
 
-    def _send(self, channel: str, message: Message) -> int:
+    def _send(self, channel: str, message: Message, idempotency_key: str | None) -> int:
+        """Publish once, trying again after the errors that leave it uncertain."""
+        identity = idempotency_key or secrets.token_urlsafe(12)
+        if self.history:
+            message.id = None  # the history position becomes the id
+        payload = _payload(message)
         history = history_for(self.redis_url, self.namespace)
-        if not self.history:
-            return history.publish_live(channel, _payload(message))
-        message.id = None  # the history position becomes the id
-        _, receivers = history.publish(
-            channel, _payload(message), self.history, self.history_ttl
-        )
-        return receivers
+        pause = FIRST_PAUSE
+        attempt = 1
+        while True:
+            try:
+                _, receivers = history.publish(
+                    channel, payload, self.history, self.history_ttl, identity
+                )
+                return receivers
+            except UNCERTAIN as error:
+                if attempt >= self.attempts:
+                    raise
+                logger.warning(
+                    "Publishing on %r failed (%s: %s); trying again in %.1f s (attempt %d of %d)",
+                    channel, error.__class__.__name__, error, pause, attempt + 1, self.attempts,
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, LONGEST_PAUSE)
+            attempt += 1
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.redis_url!r})"

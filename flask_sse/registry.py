@@ -33,6 +33,9 @@ from .transport import sibling_workers
 
 logger = logging.getLogger("flask_sse")
 
+#: Seconds a command (a publish, a history read) waits for Redis to answer.
+REDIS_TIMEOUT = 5.0
+
 _lock = threading.Lock()  # guards the three dicts and _sigterm_installed
 _clients: dict[str, redis.Redis] = {}
 _histories: dict[tuple[str, str], History] = {}
@@ -139,12 +142,19 @@ def is_cluster(url: str) -> bool:
 
 
 def _new_client(url: str) -> redis.Redis:
+    """A client whose commands give up after ``REDIS_TIMEOUT`` unless the URL says otherwise.
+
+    redis-py waits forever by default: a Redis that hangs (stopped, a stalled
+    network) would hang every view that publishes. The URL's
+    ``?socket_timeout=`` and ``?socket_connect_timeout=`` take precedence.
+    """
     if url.startswith("memory://"):
         return _memory_client(url)
+    timeouts = {"socket_timeout": REDIS_TIMEOUT, "socket_connect_timeout": REDIS_TIMEOUT}
     if is_cluster(url):
-        cluster: Any = RedisCluster.from_url(url.replace("+cluster", "", 1))
+        cluster: Any = RedisCluster.from_url(url.replace("+cluster", "", 1), **timeouts)
         return cluster  # type: ignore[no-any-return]
-    return redis.Redis.from_url(url)
+    return redis.Redis.from_url(url, **timeouts)
 
 
 def _memory_client(url: str) -> redis.Redis:

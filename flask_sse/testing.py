@@ -39,6 +39,8 @@ class PublishedEvent:
 
     channel: str
     message: Message
+    #: as the caller gave it (``None``: each publish got a key of its own)
+    idempotency_key: str | None = None
 
 
 class _RecordingPublisher(Publisher):
@@ -46,12 +48,13 @@ class _RecordingPublisher(Publisher):
 
     def __init__(self, real: Publisher) -> None:
         super().__init__(
-            real.redis_url, real.default_channel, real.history, real.history_ttl, real.namespace
+            real.redis_url, real.default_channel, real.history, real.history_ttl, real.namespace,
+            real.attempts,
         )
         self.events: list[PublishedEvent] = []
 
-    def _send(self, channel: str, message: Message) -> int:
-        self.events.append(PublishedEvent(channel, message))
+    def _send(self, channel: str, message: Message, idempotency_key: str | None) -> int:
+        self.events.append(PublishedEvent(channel, message, idempotency_key))
         return 0
 
 

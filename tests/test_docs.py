@@ -13,6 +13,7 @@ import importlib.metadata
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 import tomllib
 from flask import Flask
 
-from flask_sse import ServerSentEventsBlueprint, sse
+from flask_sse import ServerSentEventsBlueprint, send_event, sse
 from flask_sse.config import DEFAULTS, OTHER_KEYS
 from flask_sse.testing import captured_events, read_events
 
@@ -62,6 +63,19 @@ def test_publishing_without_an_app(make_app: MakeApp, memory_url: str) -> None:
     client = make_app().test_client()
     (message,) = read_events(client, "/stream?channel=job-7&lastEventId=0-0", count=1)
     assert (message.type, message.data) == ("progress", '{"done": 42}')
+
+
+def test_a_task_run_twice_publishes_once(make_app: MakeApp) -> None:
+    app = make_app()
+    order_shipped = run(
+        textwrap.dedent(block("docs/resume.md", "idempotency_key=")), send_event=send_event
+    )["order_shipped"]
+    with app.app_context():
+        order_shipped("task-1", 7)
+        order_shipped("task-1", 7)  # the queue ran the task again
+        order_shipped("task-2", 8)
+    messages = read_events(app.test_client(), "/stream?channel=orders&lastEventId=0-0", count=3, timeout=0.5)
+    assert [message.data for message in messages] == ['{"order": 7}', '{"order": 8}']
 
 
 class Webhooks:

@@ -7,7 +7,10 @@ the closing assertions are "none lost, none twice, in order".
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -176,6 +179,48 @@ def test_every_accepted_event_reaches_100_clients_through_a_redis_fault(
         numbers = [int(data.split(":")[0]) for data in received[:-1]]
         assert numbers == sorted(numbers)
     print(f"{fault}: {len(accepted)} accepted, {len(refused)} refused, 100 clients: 0 lost, 0 twice")
+
+
+def test_a_publish_retried_while_redis_is_frozen_is_delivered_once(
+    gunicorn: Start, redis_server: RedisServer, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis stopped (SIGSTOP) runs what it was sent when it wakes, after the publisher gave up."""
+    server = gunicorn(redis_url)
+    readers = [stream_and_collect(server, "channel=frozen", until="end") for _ in range(3)]
+    publisher = Publisher(redis_url + "?socket_timeout=0.25", attempts=20)
+    total = 150
+    published = threading.Event()
+
+    def publish_all() -> None:
+        for number in range(total):
+            publisher.publish(str(number), channel="frozen")
+            time.sleep(0.01)
+        published.set()
+
+    assert redis_server.process is not None
+    pid = redis_server.process.pid
+    with caplog.at_level(logging.WARNING, logger="flask_sse"):
+        end_of_publishing = in_thread(publish_all)
+        try:
+            for _ in range(3):
+                if published.wait(0.3):
+                    break
+                os.kill(pid, signal.SIGSTOP)
+                time.sleep(0.6)  # frozen for longer than the publisher waits for an answer
+                os.kill(pid, signal.SIGCONT)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        end_of_publishing()
+    retries = [record for record in caplog.records if "trying again" in record.getMessage()]
+    assert retries, "no publish timed out: Redis was not frozen while publishing"
+    publisher.publish("end", channel="frozen")
+    for join, _ in readers:
+        join()
+    for _, received in readers:
+        assert received == [str(number) for number in range(total)] + ["end"]
+    with redis_server.client() as client:
+        assert client.xlen("sse:history:{frozen}") == total + 1
+    print(f"frozen Redis: {len(retries)} publishes retried, 3 clients: 0 lost, 0 twice")
 
 
 def rss_kib(pid: int) -> int:
