@@ -35,6 +35,10 @@ logger = logging.getLogger("flask_sse")
 
 #: Seconds a command (a publish, a history read) waits for Redis to answer.
 REDIS_TIMEOUT = 5.0
+#: Connections the commands of one process share (its pub/sub links aside).
+COMMAND_CONNECTIONS = 1
+#: Seconds a command waits for its turn on them before it fails.
+CONNECTION_WAIT = 20.0
 
 _lock = threading.Lock()  # guards the three dicts and _sigterm_installed
 _clients: dict[str, redis.Redis] = {}
@@ -142,11 +146,17 @@ def is_cluster(url: str) -> bool:
 
 
 def _new_client(url: str) -> redis.Redis:
-    """A client whose commands give up after ``REDIS_TIMEOUT`` unless the URL says otherwise.
+    """A client for every command of the process (publishes, history reads, counts).
 
-    redis-py waits forever by default: a Redis that hangs (stopped, a stalled
-    network) would hang every view that publishes. The URL's
-    ``?socket_timeout=`` and ``?socket_connect_timeout=`` take precedence.
+    Its commands share ``COMMAND_CONNECTIONS`` connections: a command waits
+    its turn for one (up to ``CONNECTION_WAIT`` seconds) rather than opening
+    more, so a worker holds the same connections after a thousand browsers
+    resumed at once as before. The pub/sub links have their own.
+
+    Each command gives up after ``REDIS_TIMEOUT``: redis-py alone waits
+    forever, and a Redis that hangs (stopped, a stalled network) would hang
+    every view that publishes. The URL's ``?socket_timeout=``,
+    ``?socket_connect_timeout=`` and ``?max_connections=`` take precedence.
     """
     if url.startswith("memory://"):
         return _memory_client(url)
@@ -154,7 +164,10 @@ def _new_client(url: str) -> redis.Redis:
     if is_cluster(url):
         cluster: Any = RedisCluster.from_url(url.replace("+cluster", "", 1), **timeouts)
         return cluster  # type: ignore[no-any-return]
-    return redis.Redis.from_url(url, **timeouts)
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=COMMAND_CONNECTIONS, timeout=CONNECTION_WAIT, **timeouts
+    )
+    return redis.Redis.from_pool(pool)
 
 
 def _memory_client(url: str) -> redis.Redis:

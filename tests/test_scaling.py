@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+import redis
 
 from flask_sse import Publisher
 
@@ -89,3 +90,51 @@ def test_every_subscriber_on_every_server_gets_each_event_once(
     for stream in streams:
         assert [int(event.data) for event in stream.events(100)] == list(range(100))
         stream.close()
+
+
+def connections_named(redis_url: str, name: str) -> int:
+    with redis.Redis.from_url(redis_url) as admin:
+        return sum(1 for client in admin.client_list() if client.get("name") == name)
+
+
+def test_500_browsers_resuming_at_once_share_the_workers_two_redis_connections(
+    gunicorn: Callable[..., Gunicorn], redis_url: str
+) -> None:
+    server = gunicorn(redis_url + "?client_name=storm-worker")
+    first = open_stream(server, "channel=storm")
+    position = first.parser.last_event_id
+    assert position
+    assert connections_named(redis_url, "storm-worker") == 2  # pub/sub, and commands
+    publisher = Publisher(redis_url)
+    for number in range(50):
+        publisher.publish(str(number), channel="storm")
+    assert [event.data for event in first.events(50)] == [str(n) for n in range(50)]
+    most = [0]
+    storm_over = threading.Event()
+
+    def count_connections() -> None:
+        while not storm_over.is_set():
+            most[0] = max(most[0], connections_named(redis_url, "storm-worker"))
+
+    counter = threading.Thread(target=count_connections, daemon=True)
+    counter.start()
+    received: dict[int, list[str]] = {}
+    start = threading.Barrier(500)
+
+    def resume(number: int) -> None:
+        start.wait(30)
+        with open_stream(server, "channel=storm", last_event_id=position) as stream:
+            received[number] = [event.data for event in stream.events(50)]
+
+    clients = [threading.Thread(target=resume, args=(number,), daemon=True) for number in range(500)]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join(60)
+    storm_over.set()
+    counter.join(10)
+    complete = [number for number, data in received.items() if data == [str(n) for n in range(50)]]
+    assert len(complete) == 500, f"{500 - len(complete)} of 500 resumes lost events"
+    assert most[0] == 2, f"the worker held up to {most[0]} Redis connections"
+    assert connections_named(redis_url, "storm-worker") == 2
+    first.close()
