@@ -18,6 +18,7 @@ from flask.blueprints import BlueprintSetupState
 from flask.sansio.scaffold import setupmethod
 
 from . import access, cli, presence, refusal, signals
+from .admission import Admission
 from .config import SSEConfig, channel_problem, load_config
 from .history import Position
 from .hub import Hub, HubUnavailable
@@ -156,7 +157,8 @@ class ServerSentEventsBlueprint(Blueprint):
 
     def stream(self) -> Any:
         """``GET ?channel=a&channel=b``: the event stream of those channels."""
-        config = app_state("the stream view").config
+        state = app_state("the stream view")
+        config = state.config
         try:
             channels, resume = _read_request(config, self.authorizer)
         except _Refused as refused:
@@ -167,6 +169,13 @@ class ServerSentEventsBlueprint(Blueprint):
                 request,
                 f"This server holds its limit of {config.max_connections} streams "
                 "(SSE_MAX_CONNECTIONS).",
+                config.retry,
+            )
+        if state.admission is not None and not state.admission.admit(resume is not None):
+            return refusal.unavailable(
+                request,
+                f"This server is starting {config.admission_rate:g} streams a second "
+                "(SSE_ADMISSION_RATE); come back in a moment.",
                 config.retry,
             )
         problem = server_problem(request.environ)
@@ -240,7 +249,8 @@ def _init_app(setup: BlueprintSetupState) -> None:
             config.redis_url, config.default_channel, config.history, config.history_ttl,
             config.namespace, config.publish_attempts,
         )
-        app.extensions["sse"] = SSEState(config, publisher)
+        admission = Admission(config.admission_rate) if config.admission_rate else None
+        app.extensions["sse"] = SSEState(config, publisher, admission)
     elif state.config != config:
         raise RuntimeError(
             "The SSE_* settings changed after a server-sent events blueprint was "

@@ -53,6 +53,13 @@ DEFAULTS: dict[str, Any] = {
     #: End every stream cleanly on SIGTERM (gunicorn's graceful stop), so the
     #: worker exits at once and browsers resume elsewhere.
     "SSE_END_STREAMS_ON_SIGTERM": True,
+    #: Seconds over which the streams of a worker that got SIGTERM are ended
+    #: (at most half of gunicorn's graceful timeout), so that their browsers
+    #: do not all reconnect at the same moment; 0: all at once.
+    "SSE_DRAIN_SECONDS": 10,
+    #: New streams one process starts per second before it asks the rest to
+    #: come back a little later (resumes first); 0: no limit.
+    "SSE_ADMISSION_RATE": 0,
     #: Tries of a publish that fails with ``redis.ConnectionError`` or
     #: ``redis.TimeoutError`` before the error is raised (safe: a publish is
     #: stored and delivered once however often it is tried).
@@ -90,6 +97,8 @@ class SSEConfig:
     direct_write: bool
     namespace: str
     end_streams_on_sigterm: bool
+    drain_seconds: float
+    admission_rate: float
     publish_attempts: int
 
 
@@ -119,6 +128,8 @@ def load_config(app: App) -> SSEConfig:
         direct_write=_boolean(config, "SSE_DIRECT_WRITE"),
         namespace=_namespace(config),
         end_streams_on_sigterm=_boolean(config, "SSE_END_STREAMS_ON_SIGTERM"),
+        drain_seconds=_number(config, "SSE_DRAIN_SECONDS", minimum=0),
+        admission_rate=_number(config, "SSE_ADMISSION_RATE", minimum=0),
         publish_attempts=_integer(config, "SSE_PUBLISH_ATTEMPTS", minimum=1),
     )
 

@@ -23,7 +23,8 @@ Threads, and who may touch what
 - One reader thread per link (``links.py``) calls back ``link_up``,
   ``link_failed``, ``link_down``, ``message``, ``subscribed`` and ``dropped``.
 - The scheduler thread (``scheduler.py``) wakes due streams and, after
-  SIGTERM, calls ``_end_all``; it never waits on Redis.
+  SIGTERM, calls ``_drain`` (the only user of ``_drain_total`` and
+  ``_drained``); it never waits on Redis.
 - The presence thread (``presence.Reporter``) calls ``_counts`` and writes
   the counts to Redis.
 - On Redis Cluster, the owner search thread (``routing.OwnerSearch``) calls
@@ -42,6 +43,7 @@ the lock.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -93,7 +95,9 @@ class Hub:
         self._channels = ChannelTable()
         self._subscriptions: dict[Subscription, None] = {}
         self._closed = False
-        self._scheduler = Scheduler(on_shutdown=self._end_all)
+        self._scheduler = Scheduler(on_shutdown=self._drain)
+        self._drain_total: int | None = None
+        self._drained = 0
         #: where this hub reports its counts, so a reader can use its live ones instead
         self.presence_key = presence.key
         self._reporter = Reporter(presence, self._counts)
@@ -164,9 +168,14 @@ class Hub:
         with self._lock:
             return self._channels.positions(channels)
 
-    def shutdown(self) -> None:
-        """End every stream of this hub soon (within a tick); safe in a signal handler."""
-        self._scheduler.shutdown()
+    def shutdown(self, drain_window: float = 0.0) -> None:
+        """End every stream of this hub, spread over ``drain_window`` seconds.
+
+        Browsers whose streams end together reconnect together, all to the
+        other servers and all reading history at once: spreading the ends
+        spreads that load. Safe in a signal handler.
+        """
+        self._scheduler.shutdown(drain_window)
 
     def close(self) -> None:
         """End every stream, stop every thread of this hub and release its connections."""
@@ -231,10 +240,23 @@ class Hub:
                 self._move(name, node)
 
     def _end_all(self) -> None:
+        self._drain(1.0)
+
+    def _drain(self, share: float) -> None:
+        """End streams until ``share`` of those open when the drain began have ended.
+
+        Oldest first; at 1, every stream still open (also those opened since).
+        """
         with self._lock:
-            subscriptions = list(self._subscriptions)
-        for subscription in subscriptions:
+            subscriptions = [s for s in self._subscriptions if not s.ended]
+        if self._drain_total is None:
+            self._drain_total = len(subscriptions)
+        due = len(subscriptions)
+        if share < 1.0:
+            due = min(due, math.ceil(self._drain_total * share) - self._drained)
+        for subscription in subscriptions[: max(0, due)]:
             subscription.end(CloseReason.SHUTDOWN)
+        self._drained += max(0, due)
 
     def _counts(self) -> dict[str, int]:
         with self._lock:

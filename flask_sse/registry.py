@@ -106,19 +106,21 @@ def close_all() -> None:
         client.close()
 
 
-def end_streams_on_sigterm() -> None:
+def end_streams_on_sigterm(drain_seconds: float = 0.0) -> None:
     """On SIGTERM, end every stream of the process, then let the server's handler run.
 
     ``gunicorn`` stops a worker gracefully with SIGTERM (also the old workers
     of a ``HUP``), then waits up to its graceful timeout for requests to
     finish: open streams never would. Ending them cleanly (a complete
-    response, no half event) lets the worker exit within a second or two, and
-    browsers reconnect elsewhere and resume.
+    response, no half event) lets the worker exit in time, and browsers
+    reconnect elsewhere and resume. The ends are spread over
+    ``drain_seconds`` (``SSE_DRAIN_SECONDS``), but over at most half of
+    gunicorn's graceful timeout, so that the worker still exits cleanly.
 
     Called when a process opens its first stream (after the server has set
     up its own handlers), unless ``SSE_END_STREAMS_ON_SIGTERM`` is False.
     Only where a Python handler is installed (the server's own), and only
-    from the main thread; once per process.
+    from the main thread; once per process (the first app's drain wins).
     """
     global _sigterm_installed
     with _lock:
@@ -128,16 +130,27 @@ def end_streams_on_sigterm() -> None:
     previous = signal.getsignal(signal.SIGTERM)
     if not callable(previous):
         return
+    window = drain_window(drain_seconds, previous)
 
     def end_streams(signum: int, frame: Any) -> None:
         for hub in list(_hubs.values()):  # no lock: this may interrupt a holder
-            hub.shutdown()
+            hub.shutdown(window)
         previous(signum, frame)
 
     try:
         signal.signal(signal.SIGTERM, end_streams)
     except ValueError:  # not the main thread (the threaded dev server): leave signals alone
         pass
+
+
+def drain_window(drain_seconds: float, handler: Any) -> float:
+    """``drain_seconds``, but at most half the graceful timeout of the gunicorn worker
+    whose SIGTERM ``handler`` this is (its bound ``handle_exit``), if it is one."""
+    worker_config = getattr(getattr(handler, "__self__", None), "cfg", None)
+    graceful = getattr(worker_config, "graceful_timeout", None)
+    if isinstance(graceful, (int, float)) and not isinstance(graceful, bool):
+        return max(0.0, min(drain_seconds, graceful / 2))
+    return drain_seconds
 
 
 def is_cluster(url: str) -> bool:

@@ -29,17 +29,20 @@ TICK = 0.1
 class Scheduler:
     """A heap of (due time, stream) and the thread that wakes them.
 
-    ``on_shutdown`` is called from this thread at every tick after
-    :meth:`shutdown` (so streams that open meanwhile end too).
+    ``on_shutdown(share)`` is called from this thread at every tick after
+    :meth:`shutdown`, with the share of the drain window gone by (0 to 1;
+    1 from the end of the window on, so streams that open meanwhile end too).
     """
 
-    def __init__(self, on_shutdown: Callable[[], None]) -> None:
+    def __init__(self, on_shutdown: Callable[[float], None]) -> None:
         self._on_shutdown = on_shutdown
         self._heap: list[tuple[float, int, Subscription]] = []
         self._order = itertools.count()  # ties never compare subscriptions
         self._lock = threading.Lock()  # guards _heap and every Subscription.scheduled_at
         self._stop = threading.Event()
         self._ending = False
+        self._drain_window = 0.0
+        self._ending_since: float | None = None  # only this thread reads and writes it
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -62,8 +65,12 @@ class Scheduler:
         with self._lock:
             subscription.scheduled_at = -math.inf
 
-    def shutdown(self) -> None:
-        """End every stream from this thread, soon: safe in a signal handler (sets a flag)."""
+    def shutdown(self, drain_window: float = 0.0) -> None:
+        """End every stream from this thread, spread over ``drain_window`` seconds.
+
+        Safe in a signal handler: it only sets two attributes.
+        """
+        self._drain_window = drain_window
         self._ending = True
 
     def close(self, timeout: float = 5.0) -> None:
@@ -81,9 +88,16 @@ class Scheduler:
             if self._stop.wait(pause):
                 return
             if self._ending:
-                self._on_shutdown()
+                self._on_shutdown(self._drained_share())
             for subscription in self._take_due(time.monotonic()):
                 subscription.wake()
+
+    def _drained_share(self) -> float:
+        now = time.monotonic()
+        if self._ending_since is None:
+            self._ending_since = now
+        window = self._drain_window
+        return 1.0 if window <= 0 else min(1.0, (now - self._ending_since) / window)
 
     def _take_due(self, now: float) -> list[Subscription]:
         due = []

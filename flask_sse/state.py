@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from flask import Flask, current_app, has_app_context
 
+from .admission import Admission
 from .config import SSEConfig
 from .publisher import Publisher
 
@@ -16,6 +17,8 @@ class SSEState:
 
     config: SSEConfig
     publisher: Publisher
+    #: this process's bucket of new streams (``SSE_ADMISSION_RATE``), if any
+    admission: Admission | None = None
 
 
 def app_state(caller: str, app: Flask | None = None) -> SSEState:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Generator
 
@@ -83,7 +84,7 @@ def open_stream(
     The caller unsubscribes when the body is done.
     """
     if config.end_streams_on_sigterm:
-        registry.end_streams_on_sigterm()
+        registry.end_streams_on_sigterm(config.drain_seconds)
     subscription, occupied, history, positions = _subscribe(
         hub, config, channels, resume, transport.hang_up
     )
@@ -174,6 +175,8 @@ def event_stream(
             if direct is not None and not direct.flush():
                 return  # the client is gone (the default reason)
             if subscription.ended:
+                if subscription.end_reason is CloseReason.SHUTDOWN and config.drain_seconds:
+                    yield parting_retry(config.retry)
                 return
             if deliveries:
                 if history is None:
@@ -198,6 +201,11 @@ def event_stream(
                 last_write = now
     finally:
         subscription.write_directly_with(None)
+
+
+def parting_retry(retry: int) -> bytes:
+    """A ``retry:`` of ``retry`` ms ±50%, so browsers ended together come back apart."""
+    return f"retry:{int(retry * random.uniform(0.5, 1.5))}\n\n".encode()
 
 
 def channel_events(

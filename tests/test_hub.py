@@ -342,3 +342,22 @@ def test_shutdown_ends_every_stream_from_the_scheduler(hub: Hub) -> None:
     assert first.end_reason is CloseReason.SHUTDOWN
     later, _ = hub.subscribe(["b"], 10)  # streams that open while stopping end too
     wait_for(lambda: later.ended, what="the later stream to be ended")
+
+
+def test_a_drain_ends_streams_a_share_at_a_time_over_its_window(hub: Hub) -> None:
+    subscriptions = [hub.subscribe(["a"], 10)[0] for _ in range(40)]
+    for subscription in subscriptions:
+        subscription.wake_at(float("inf"))
+    hub.shutdown(drain_window=1.0)
+    counts: list[int] = []
+
+    def all_ended() -> bool:
+        counts.append(sum(subscription.ended for subscription in subscriptions))
+        return counts[-1] == len(subscriptions)
+
+    wait_for(all_ended, timeout=5, what="every stream to be ended")
+    partly = [count for count in counts if 0 < count < len(subscriptions)]
+    assert len(set(partly)) >= 4, f"streams did not end a share at a time: {sorted(set(counts))}"
+    assert all(s.end_reason is CloseReason.SHUTDOWN for s in subscriptions)
+    oldest_first = [subscriptions.index(s) for s in subscriptions if s.ended]
+    assert oldest_first == list(range(40))

@@ -12,6 +12,7 @@ import pytest
 from flask import Flask
 
 from flask_sse import registry, signals
+from flask_sse.registry import drain_window
 
 from .conftest import MakeApp
 
@@ -67,3 +68,31 @@ def test_close_all_stops_every_thread_and_ends_open_streams(app: Flask) -> None:
     assert not any(thread.name.startswith("flask-sse") for thread in threading.enumerate())
     assert response.get_data().startswith(b"retry:")  # the stream ended cleanly
     response.close()
+
+
+class _Config:
+    graceful_timeout = 6
+
+
+class _Worker:
+    """What gunicorn's worker looks like to the drain: its config, and its SIGTERM handler."""
+
+    cfg = _Config()
+
+    def handle_exit(self, signum: int, frame: object) -> None:
+        """gunicorn's own handler."""
+
+
+@pytest.mark.parametrize(
+    ("drain_seconds", "handler", "window"),
+    [
+        (10.0, _Worker().handle_exit, 3.0),  # half of gunicorn's graceful timeout at most
+        (2.0, _Worker().handle_exit, 2.0),
+        (10.0, print, 10.0),  # not gunicorn's: as set
+        (0.0, _Worker().handle_exit, 0.0),
+    ],
+)
+def test_the_drain_fits_in_half_of_gunicorns_graceful_timeout(
+    drain_seconds: float, handler: object, window: float
+) -> None:
+    assert drain_window(drain_seconds, handler) == window

@@ -21,10 +21,13 @@ pytestmark = pytest.mark.integration
 def test_sigterm_ends_streams_within_2s_and_clients_resume_elsewhere(
     gunicorn: Callable[..., Gunicorn], redis_url: str
 ) -> None:
-    old, new = gunicorn(redis_url, options=("-w", "2")), gunicorn(redis_url, options=("-w", "2"))
+    # gunicorn's graceful timeout here is 2 s, so the drain is 1 s, not 30
+    old = gunicorn(redis_url, options=("-w", "2"), SSE_DRAIN_SECONDS=30)
+    new = gunicorn(redis_url, options=("-w", "2"))
     total, clients = 200, 20
     received: dict[int, list[int]] = {number: [] for number in range(clients)}
     ended_at: dict[int, float] = {}
+    parting_retries: dict[int, int | None] = {}
     errors: list[BaseException] = []
     opened = threading.Barrier(clients + 1)
 
@@ -40,6 +43,7 @@ def test_sigterm_ends_streams_within_2s_and_clients_resume_elsewhere(
                     last_event_id = event.last_event_id
             except EOFError:  # the old server ended the stream: a complete response
                 ended_at[number] = time.monotonic()
+                parting_retries[number] = stream.parser.retry
             stream.close()
             stream = open_stream(new, "channel=roll", last_event_id=last_event_id)
             while not received[number] or received[number][-1] != total - 1:
@@ -65,6 +69,11 @@ def test_sigterm_ends_streams_within_2s_and_clients_resume_elsewhere(
     assert len(ended_at) == clients
     slowest = max(ended_at.values()) - signalled
     assert slowest < 2, f"streams took {slowest:.2f}s to end"
+    spread = slowest - (min(ended_at.values()) - signalled)
+    assert spread > 0.3, f"streams ended within {spread:.2f}s of each other: not spread out"
+    retries = list(parting_retries.values())
+    assert all(retry is not None and 1500 <= retry <= 4500 for retry in retries), retries
+    assert len(set(retries)) > 1, "every stream was told the same retry"
     for numbers in received.values():
         assert numbers == list(range(total)), "lost, duplicated or out of order"
     wait_for(lambda: old.process.poll() is not None, what="the old server to exit")
