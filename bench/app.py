@@ -14,6 +14,7 @@ from flask_sse import sse
 
 app = Flask(__name__)
 app.config["REDIS_URL"] = os.environ["BENCH_REDIS_URL"]
+app.config.from_prefixed_env("BENCH")  # BENCH_SSE_DRAIN_SECONDS=0 sets SSE_DRAIN_SECONDS
 app.register_blueprint(sse, url_prefix="/stream")
 
 
