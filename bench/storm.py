@@ -13,9 +13,9 @@ meanwhile, the bystanders' p99 publish-to-receive latency meanwhile (what
 the storm does to the second server's own streams), and events lost or
 duplicated over all clients (must be 0).
 
-Variants: ``SSE_DRAIN_SECONDS=0`` (every stream ends at once) and the
-default drain (10 s: ends spread, with jittered ``retry:``); ``--admission``
-adds one with ``SSE_ADMISSION_RATE`` on the second server.
+Variants: ``SSE_DRAIN_SECONDS=0`` (every stream ends at once) and
+``--drain`` (10 s, the default: ends spread, with jittered ``retry:``);
+``--admission`` adds one with ``SSE_ADMISSION_RATE`` on the second server.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class Client(asyncio.Protocol):
     retry_ms: int = 3000
     resumed_at: float | None = None  # when a stream on the next server first said its id
     moved: bool = False
+    stopped: bool = False  # the benchmark is over: no more reconnects
     transport: asyncio.Transport | None = None
     _raw: bytes = b""
     _text: bytes = b""
@@ -135,15 +136,31 @@ class Client(asyncio.Protocol):
 
     def _ended(self) -> None:
         """The server ended the response: come back after ``retry``, as EventSource does."""
-        assert self.transport is not None
-        self.transport.close()
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            transport.close()
         self.port, self.moved = self.next_port, True
         loop = asyncio.get_running_loop()
         loop.call_later(self.retry_ms / 1000, lambda: asyncio.ensure_future(self.connect()))
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None and not self.stopped:  # cut short: a network error
+            self._ended()
+
     async def connect(self) -> None:
+        """Connect, or (refused, reset: the network errors EventSource retries) try again."""
         loop = asyncio.get_running_loop()
-        await loop.create_connection(lambda: self, "127.0.0.1", self.port)
+        try:
+            await loop.create_connection(lambda: self, "127.0.0.1", self.port)
+        except OSError:
+            loop.call_later(self.retry_ms / 1000, lambda: asyncio.ensure_future(self.connect()))
+
+
+def stop(clients: list[Client]) -> None:
+    for client in clients:
+        client.stopped = True
+        if client.transport is not None:
+            client.transport.abort()
 
 
 async def open_all(clients: list[Client]) -> None:
@@ -164,6 +181,13 @@ async def publish(port: int, count: int, rate: float) -> asyncio.subprocess.Proc
     )
 
 
+async def count_commands(admin: redis.Redis, samples: list[tuple[float, int]]) -> None:
+    """Redis's count of commands processed, every 0.1 s, until cancelled."""
+    while True:
+        samples.append((time.monotonic(), int(admin.info("stats")["total_commands_processed"])))
+        await asyncio.sleep(0.1)
+
+
 def start_with(redis_url: str, settings: dict[str, str]) -> Server:
     """``bench.app`` under gunicorn with these ``SSE_*`` settings."""
     for key, value in settings.items():
@@ -181,6 +205,16 @@ async def variant(
     admin.flushall()
     first = start_with(redis_url, {"SSE_DRAIN_SECONDS": settings["SSE_DRAIN_SECONDS"]})
     second = start_with(redis_url, settings)
+    try:
+        return await move(first, second, admin, args)
+    finally:
+        for server in (first, second):
+            if server.process.poll() is None:
+                server.stop()
+
+
+async def move(first: Server, second: Server, admin: redis.Redis, args: Any) -> dict[str, Any]:
+    """Clients on ``first``, bystanders on ``second``; SIGTERM to ``first``; the figures."""
     movers = [Client(first.port, second.port) for _ in range(args.streams)]
     bystanders = [Client(second.port, second.port, bystander=True) for _ in range(args.bystanders)]
     await open_all(movers + bystanders)
@@ -188,15 +222,17 @@ async def variant(
     publisher = await publish(second.port, total, args.rate)
     await asyncio.sleep(2)
     commands: list[tuple[float, int]] = []
+    counting = asyncio.ensure_future(count_commands(admin, commands))
     signalled = time.monotonic()
     signalled_wall = time.time()
     first.process.send_signal(signal.SIGTERM)
     while any(client.resumed_at is None for client in movers):
-        commands.append((time.monotonic(), int(admin.info("stats")["total_commands_processed"])))
         if time.monotonic() - signalled > 120:
             raise RuntimeError("clients did not all resume within 120 s")
         await asyncio.sleep(0.1)
     resumed = max(client.resumed_at or 0.0 for client in movers) - signalled
+    await asyncio.sleep(1)  # the last resumes' commands
+    counting.cancel()
     moved_wall = signalled_wall + resumed
     if await publisher.wait():
         raise RuntimeError("the publisher failed")
@@ -211,9 +247,7 @@ async def variant(
     ]
     during = [latency for at, latency in (s for c in bystanders for s in c.latencies)
               if signalled_wall <= at <= moved_wall]
-    for client in everyone:
-        if client.transport is not None:
-            client.transport.abort()
+    stop(everyone)
     second.stop()
     return {
         "resumed_s": resumed,
@@ -247,13 +281,14 @@ async def main_async(args: Any) -> None:
     arguments = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     process = subprocess.Popen([binary, *arguments], stdout=subprocess.DEVNULL)
     admin = redis.Redis(port=port)
+    drain = f"{args.drain:g}"
     variants = {
         "all at once (SSE_DRAIN_SECONDS=0)": {"SSE_DRAIN_SECONDS": "0"},
-        "spread (SSE_DRAIN_SECONDS=10)": {"SSE_DRAIN_SECONDS": "10"},
+        f"spread (SSE_DRAIN_SECONDS={drain})": {"SSE_DRAIN_SECONDS": drain},
     }
     if args.admission:
         variants[f"spread, SSE_ADMISSION_RATE={args.admission}"] = {
-            "SSE_DRAIN_SECONDS": "10", "SSE_ADMISSION_RATE": str(args.admission),
+            "SSE_DRAIN_SECONDS": drain, "SSE_ADMISSION_RATE": str(args.admission),
         }
     results = {}
     try:
@@ -276,6 +311,7 @@ def main() -> None:
     parser.add_argument("--bystanders", type=int, default=200, help="clients on the other one")
     parser.add_argument("--rate", type=float, default=20, help="events published per second")
     parser.add_argument("--seconds", type=float, default=30, help="how long events are published")
+    parser.add_argument("--drain", type=float, default=10, help="SSE_DRAIN_SECONDS when spread")
     parser.add_argument("--admission", type=int, default=0, help="also a variant with this rate")
     asyncio.run(main_async(parser.parse_args()))
 

@@ -30,3 +30,18 @@ def test_a_quick_benchmark_run_counts_every_delivery(tmp_path: Path) -> None:
         assert run["saturation"]["deliveries_per_s"] > 0
         assert run["idle then burst"]["redis_connections"] <= 3
     assert "| N=50: deliveries/s at saturation |" in results["table"]
+
+
+def test_a_quick_storm_run_moves_every_client_without_loss() -> None:
+    _need("redis-server")
+    finished = subprocess.run(
+        [sys.executable, "-m", "bench.storm", "--streams", "40", "--bystanders", "5",
+         "--seconds", "4", "--drain", "1", "--admission", "50"],
+        cwd=ROOT, check=True, timeout=300, capture_output=True, text=True,
+    )
+    rows = [line for line in finished.stdout.splitlines() if line.startswith("| all at once")
+            or line.startswith("| spread")]
+    assert len(rows) == 3, finished.stdout
+    for row in rows:
+        lost, duplicated = row.strip("| ").split(" | ")[-2:]
+        assert (lost, duplicated) == ("0", "0"), row
