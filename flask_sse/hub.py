@@ -23,8 +23,7 @@ Threads, and who may touch what
 - One reader thread per link (``links.py``) calls back ``link_up``,
   ``link_failed``, ``link_down``, ``message``, ``subscribed`` and ``dropped``.
 - The scheduler thread (``scheduler.py``) wakes due streams and, after
-  SIGTERM, calls ``_drain`` (the only user of ``_drain_total`` and
-  ``_drained``); it never waits on Redis.
+  SIGTERM, ends those ``_open_streams`` lists; it never waits on Redis.
 - The presence thread (``presence.Reporter``) calls ``_counts`` and writes
   the counts to Redis.
 - On Redis Cluster, the owner search thread (``routing.OwnerSearch``) calls
@@ -43,7 +42,6 @@ the lock.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -95,9 +93,7 @@ class Hub:
         self._channels = ChannelTable()
         self._subscriptions: dict[Subscription, None] = {}
         self._closed = False
-        self._scheduler = Scheduler(on_shutdown=self._drain)
-        self._drain_total: int | None = None
-        self._drained = 0
+        self._scheduler = Scheduler(open_streams=self._open_streams)
         #: where this hub reports its counts, so a reader can use its live ones instead
         self.presence_key = presence.key
         self._reporter = Reporter(presence, self._counts)
@@ -239,24 +235,14 @@ class Hub:
             if self._channels.get(name) is not None and not self._closed:
                 self._move(name, node)
 
-    def _end_all(self) -> None:
-        self._drain(1.0)
-
-    def _drain(self, share: float) -> None:
-        """End streams until ``share`` of those open when the drain began have ended.
-
-        Oldest first; at 1, every stream still open (also those opened since).
-        """
+    def _open_streams(self) -> list[Subscription]:
+        """The subscriptions not ended yet, oldest first."""
         with self._lock:
-            subscriptions = [s for s in self._subscriptions if not s.ended]
-        if self._drain_total is None:
-            self._drain_total = len(subscriptions)
-        due = len(subscriptions)
-        if share < 1.0:
-            due = min(due, math.ceil(self._drain_total * share) - self._drained)
-        for subscription in subscriptions[: max(0, due)]:
+            return [subscription for subscription in self._subscriptions if not subscription.ended]
+
+    def _end_all(self) -> None:
+        for subscription in self._open_streams():
             subscription.end(CloseReason.SHUTDOWN)
-        self._drained += max(0, due)
 
     def _counts(self) -> dict[str, int]:
         with self._lock:

@@ -19,30 +19,55 @@ import threading
 import time
 from collections.abc import Callable
 
-from .subscription import Subscription
+from .subscription import CloseReason, Subscription
 
 #: Longest sleep between looks at the heap, in seconds: no coarser than the
 #: smallest ``SSE_KEEPALIVE`` allowed, and how soon a shutdown is noticed.
 TICK = 0.1
 
 
+class Drain:
+    """Ends the streams of a stopping process a share at a time over ``window`` seconds.
+
+    Oldest first, counted against the streams open when it began; from the
+    end of the window on, every stream still open (also those opened since).
+    Only the scheduler's thread uses it.
+    """
+
+    def __init__(self, window: float, began: float) -> None:
+        self._window = window
+        self._began = began
+        self._total: int | None = None
+        self._ended = 0
+
+    def end_due(self, open_streams: list[Subscription], now: float) -> None:
+        if self._total is None:
+            self._total = len(open_streams)
+        due = len(open_streams)
+        if self._window > 0 and now - self._began < self._window:
+            share = (now - self._began) / self._window
+            due = max(0, min(due, math.ceil(self._total * share) - self._ended))
+        for subscription in open_streams[:due]:
+            subscription.end(CloseReason.SHUTDOWN)
+        self._ended += due
+
+
 class Scheduler:
     """A heap of (due time, stream) and the thread that wakes them.
 
-    ``on_shutdown(share)`` is called from this thread at every tick after
-    :meth:`shutdown`, with the share of the drain window gone by (0 to 1;
-    1 from the end of the window on, so streams that open meanwhile end too).
+    After :meth:`shutdown`, it also ends the streams that ``open_streams()``
+    lists (oldest first), a share at each tick (see :class:`Drain`).
     """
 
-    def __init__(self, on_shutdown: Callable[[float], None]) -> None:
-        self._on_shutdown = on_shutdown
+    def __init__(self, open_streams: Callable[[], list[Subscription]]) -> None:
+        self._open_streams = open_streams
         self._heap: list[tuple[float, int, Subscription]] = []
         self._order = itertools.count()  # ties never compare subscriptions
         self._lock = threading.Lock()  # guards _heap and every Subscription.scheduled_at
         self._stop = threading.Event()
         self._ending = False
         self._drain_window = 0.0
-        self._ending_since: float | None = None  # only this thread reads and writes it
+        self._drain: Drain | None = None  # only this thread reads and writes it
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -88,16 +113,12 @@ class Scheduler:
             if self._stop.wait(pause):
                 return
             if self._ending:
-                self._on_shutdown(self._drained_share())
+                now = time.monotonic()
+                if self._drain is None:
+                    self._drain = Drain(self._drain_window, now)
+                self._drain.end_due(self._open_streams(), now)
             for subscription in self._take_due(time.monotonic()):
                 subscription.wake()
-
-    def _drained_share(self) -> float:
-        now = time.monotonic()
-        if self._ending_since is None:
-            self._ending_since = now
-        window = self._drain_window
-        return 1.0 if window <= 0 else min(1.0, (now - self._ending_since) / window)
 
     def _take_due(self, now: float) -> list[Subscription]:
         due = []
