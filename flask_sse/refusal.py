@@ -53,7 +53,12 @@ class Trouble:
     def retry_ms(self, shortest: int) -> int:
         """The ``retry:`` for a browser refused now: grows with the spell, jittered."""
         grown = max(float(shortest), self.began() * 1000 / 2)
-        return int(min(grown, LONGEST_RETRY) * random.uniform(0.5, 1.5))
+        return jittered(min(grown, LONGEST_RETRY))
+
+
+def jittered(retry_ms: float) -> int:
+    """``retry_ms`` ±50%: browsers told to wait together come back apart."""
+    return int(retry_ms * random.uniform(0.5, 1.5))
 
 
 #: This process's spell of trouble (shared by every app: they share the hub's Redis).

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from collections.abc import Callable, Generator
 
@@ -28,6 +27,7 @@ from .config import SSEConfig
 from .delivery import Delivery, from_history
 from .history import History, Position, format_position, parse_position
 from .hub import Hub
+from .refusal import jittered
 from .subscription import CloseReason, Subscription
 from .transport import Transport
 
@@ -176,7 +176,7 @@ def event_stream(
                 return  # the client is gone (the default reason)
             if subscription.ended:
                 if subscription.end_reason is CloseReason.SHUTDOWN and config.drain_seconds:
-                    yield parting_retry(config.retry)
+                    yield f"retry:{jittered(config.retry)}\n\n".encode()
                 return
             if deliveries:
                 if history is None:
@@ -201,11 +201,6 @@ def event_stream(
                 last_write = now
     finally:
         subscription.write_directly_with(None)
-
-
-def parting_retry(retry: int) -> bytes:
-    """A ``retry:`` of ``retry`` ms ±50%, so browsers ended together come back apart."""
-    return f"retry:{int(retry * random.uniform(0.5, 1.5))}\n\n".encode()
 
 
 def channel_events(
