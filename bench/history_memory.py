@@ -9,12 +9,9 @@ section of the docs (``docs/scaling.md``).
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import redis
 
-from bench.run import _pings, free_port, wait_until
+from bench.run import redis_server
 from flask_sse import Publisher
 from flask_sse.naming import Names
 
@@ -49,21 +46,9 @@ def measure(client: redis.Redis, publisher: Publisher, names: Names) -> list[str
 
 
 def main() -> None:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed (Debian: apt-get install redis-server)")
-    port = free_port()
-    arguments = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    server = subprocess.Popen([binary, *arguments], stdout=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    try:
-        wait_until(lambda: _pings(client), 10, "redis-server")
-        publisher = Publisher(f"redis://127.0.0.1:{port}/0")
+    with redis_server() as (redis_url, client):
+        publisher = Publisher(redis_url)
         print("\n".join(measure(client, publisher, Names("", 0, sharded=False))))
-    finally:
-        client.close()
-        server.terminate()
-        server.wait(10)
 
 
 if __name__ == "__main__":

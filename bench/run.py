@@ -26,7 +26,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -547,38 +548,13 @@ def plot(runs: dict[str, list[dict[str, Any]]], plan: Plan, path: Path) -> None:
 async def main_async(arguments: argparse.Namespace) -> None:
     raise_file_limit()
     plan = QUICK if arguments.quick else Plan()
-    redis_binary = shutil.which("redis-server")
-    if redis_binary is None:
-        raise SystemExit("redis-server is not installed (Debian: apt-get install redis-server)")
-    redis_port = free_port()
-    redis_process = subprocess.Popen(
-        [
-            redis_binary,
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    admin = redis.Redis(port=redis_port)
-    wait_until(lambda: _pings(admin), 10, "redis-server")
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in SERVERS}
-    try:
+    with redis_server() as (redis_url, admin):
         for repetition in range(arguments.repeat):
             for name in arguments.servers:
                 print(f"run {repetition + 1}/{arguments.repeat}: {name}", flush=True)
                 admin.flushall()
                 runs[name].append(await run_server(name, redis_url, plan, admin))
-    finally:
-        admin.close()
-        redis_process.terminate()
-        redis_process.wait(10)
     table = report(runs, plan)
     print(table)
     out = Path(arguments.output)
@@ -587,6 +563,25 @@ async def main_async(arguments: argparse.Namespace) -> None:
     )
     plot(runs, plan, out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+
+
+@contextmanager
+def redis_server() -> Iterator[tuple[str, redis.Redis]]:
+    """A redis-server of the benchmark's own on a loopback port: its URL and a client."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed (Debian: apt-get install redis-server)")
+    port = free_port()
+    arguments = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen([binary, *arguments], stdout=subprocess.DEVNULL)
+    admin = redis.Redis(port=port)
+    try:
+        wait_until(lambda: _pings(admin), 10, "redis-server")
+        yield f"redis://127.0.0.1:{port}/0", admin
+    finally:
+        admin.close()
+        process.terminate()
+        process.wait(10)
 
 
 def _pings(client: redis.Redis) -> bool:

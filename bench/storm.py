@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,16 +31,7 @@ from typing import Any
 
 import redis
 
-from bench.run import (
-    ROOT,
-    Server,
-    _pings,
-    free_port,
-    percentile,
-    raise_file_limit,
-    start_server,
-    wait_until,
-)
+from bench.run import ROOT, Server, percentile, raise_file_limit, redis_server, start_server
 
 
 @dataclass
@@ -274,13 +263,6 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 async def main_async(args: Any) -> None:
     raise_file_limit()
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed (Debian: apt-get install redis-server)")
-    port = free_port()
-    arguments = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen([binary, *arguments], stdout=subprocess.DEVNULL)
-    admin = redis.Redis(port=port)
     drain = f"{args.drain:g}"
     variants = {
         "all at once (SSE_DRAIN_SECONDS=0)": {"SSE_DRAIN_SECONDS": "0"},
@@ -291,15 +273,10 @@ async def main_async(args: Any) -> None:
             "SSE_DRAIN_SECONDS": drain, "SSE_ADMISSION_RATE": str(args.admission),
         }
     results = {}
-    try:
-        wait_until(lambda: _pings(admin), 10, "redis-server")
+    with redis_server() as (redis_url, admin):
         for name, settings in variants.items():
             print(f"storm: {name}", flush=True)
-            results[name] = await variant(f"redis://127.0.0.1:{port}/0", admin, settings, args)
-    finally:
-        admin.close()
-        process.terminate()
-        process.wait(10)
+            results[name] = await variant(redis_url, admin, settings, args)
     print(f"{args.streams} streams move from one server to another, {args.bystanders} stay, "
           f"{args.rate:g} events/s:")
     print(table(results))
