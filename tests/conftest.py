@@ -36,6 +36,16 @@ from .sse_client import TestClientStream, wait_for
 ROOT = Path(__file__).resolve().parent.parent
 
 
+class Clock:
+    """A clock the test moves by hand: ``clock.now += 20``."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -4,15 +4,7 @@ from __future__ import annotations
 
 from flask_sse.admission import Admission
 
-from .conftest import MakeApp
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from .conftest import Clock, MakeApp
 
 
 def test_new_streams_get_the_top_half_of_a_second_and_resumes_the_rest() -> None:

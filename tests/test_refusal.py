@@ -4,13 +4,7 @@ from __future__ import annotations
 
 from flask_sse.refusal import LONGEST_RETRY, Trouble
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from .conftest import Clock
 
 
 def test_the_retry_grows_with_the_spell_of_trouble_and_is_jittered() -> None:
