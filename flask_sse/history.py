@@ -48,10 +48,10 @@ REMEMBERED_WITHOUT_HISTORY = 1000
 # ARGV: the pub/sub channel, the payload, the events kept (0: no history), the
 # seconds an idle channel's keys live, PUBLISH or SPUBLISH, the identity, how
 # many identities to remember.
-# Returns {position or '', receivers, 1 if the identity was a repeat else 0}.
+# Returns {position or '', receivers}: {'', 0} for a repeat.
 _APPEND_AND_PUBLISH = """
 if redis.call('ZSCORE', KEYS[2], ARGV[6]) then
-  return {'', 0, 1}
+  return {'', 0}
 end
 local now = redis.call('TIME')
 local order = now[1] * 1000000 + now[2]
@@ -63,7 +63,7 @@ redis.call('ZADD', KEYS[2], string.format('%.0f', order), ARGV[6])
 redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -1 - tonumber(ARGV[7]))
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 if ARGV[3] == '0' then
-  return {'', redis.call(ARGV[5], ARGV[1], ARGV[2]), 0}
+  return {'', redis.call(ARGV[5], ARGV[1], ARGV[2])}
 end
 local ms = now[1] * 1000 + math.floor(now[2] / 1000)
 local seq = (now[2] % 1000) * 1000
@@ -83,7 +83,7 @@ local id = string.format('%.0f-%.0f', ms, seq)
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], id, 'p', previous, 'd', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 local receivers = redis.call(ARGV[5], ARGV[1], '{"id":"' .. id .. '",' .. string.sub(ARGV[2], 2))
-return {id, receivers, 0}
+return {id, receivers}
 """
 
 
@@ -130,7 +130,7 @@ class History:
         """
         if not payload.startswith("{"):
             raise ValueError(f"a history payload must be a JSON object, got {payload[:40]!r}")
-        position, receivers, _repeat = self._append_and_publish(
+        position, receivers = self._append_and_publish(
             keys=[self.names.history_key(channel), self.names.published_key(channel)],
             args=[
                 self.names.channel(channel), payload, maxlen, ttl, self.publish_command,

@@ -73,9 +73,9 @@ def test_without_history_the_last_thousand_keys_are_remembered(memory_url: str) 
 class Flaky(History):
     """A history whose first publishes fail as a hanging Redis makes them fail."""
 
-    def __init__(self, real: History, failures: list[Exception]) -> None:
-        super().__init__(redis_client("memory://flaky"), real.names)
-        self.failures = failures
+    def __init__(self, client: redis.Redis) -> None:
+        super().__init__(client)
+        self.failures: list[Exception] = []
         self.identities: list[str] = []
 
     def publish(
@@ -91,7 +91,7 @@ class Flaky(History):
 def flaky(monkeypatch: pytest.MonkeyPatch, memory_url: str) -> Flaky:
     from flask_sse import publisher
 
-    fake = Flaky(History(redis_client(memory_url)), [])
+    fake = Flaky(redis_client(memory_url))
     monkeypatch.setattr(publisher, "history_for", lambda url, namespace="": fake)
     monkeypatch.setattr(publisher, "FIRST_PAUSE", 0.001)
     return fake
