@@ -107,9 +107,11 @@ class Server:
             wait_until(lambda: not Path(f"/proc/{self.pid}").exists(), 10, "the worker to exit")
 
 
-def start_server(name: str, redis_url: str) -> Server:
+def start_server(name: str, redis_url: str, settings: dict[str, str] | None = None) -> Server:
+    """``name`` on one worker; ``settings`` are ``SSE_*`` keys for ``bench.app``."""
     port = free_port()
     env = {**os.environ, "BENCH_REDIS_URL": redis_url, "PYTHONPATH": str(ROOT)}
+    env.update({f"BENCH_{key}": value for key, value in (settings or {}).items()})
     cwd = ROOT
     if name == "ceiling":
         command = [sys.executable, "-m", "bench.ceiling", str(port), redis_url]

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import sys
 import time
@@ -177,23 +176,12 @@ async def count_commands(admin: redis.Redis, samples: list[tuple[float, int]]) -
         await asyncio.sleep(0.1)
 
 
-def start_with(redis_url: str, settings: dict[str, str]) -> Server:
-    """``bench.app`` under gunicorn with these ``SSE_*`` settings."""
-    for key, value in settings.items():
-        os.environ[f"BENCH_{key}"] = value
-    try:
-        return start_server("ours", redis_url)
-    finally:
-        for key in settings:
-            del os.environ[f"BENCH_{key}"]
-
-
 async def variant(
     redis_url: str, admin: redis.Redis, settings: dict[str, str], args: Any
 ) -> dict[str, Any]:
     admin.flushall()
-    first = start_with(redis_url, {"SSE_DRAIN_SECONDS": settings["SSE_DRAIN_SECONDS"]})
-    second = start_with(redis_url, settings)
+    first = start_server("ours", redis_url, {"SSE_DRAIN_SECONDS": settings["SSE_DRAIN_SECONDS"]})
+    second = start_server("ours", redis_url, settings)
     try:
         return await move(first, second, admin, args)
     finally:
