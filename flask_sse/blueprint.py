@@ -17,7 +17,7 @@ from flask import Blueprint, current_app, jsonify, request, url_for
 from flask.blueprints import BlueprintSetupState
 from flask.sansio.scaffold import setupmethod
 
-from . import access, cli, presence, refusal, signals
+from . import access, cli, metrics, presence, refusal, signals
 from .config import SSEConfig, channel_problem, load_config
 from .history import Position
 from .hub import Hub, HubUnavailable
@@ -234,6 +234,8 @@ def send_event(
 def _init_app(setup: BlueprintSetupState) -> None:
     app = setup.app
     config = load_config(app)
+    if config.metrics:
+        metrics.enable()
     state = app.extensions.get("sse")
     if state is None:
         publisher = Publisher(

@@ -57,6 +57,9 @@ DEFAULTS: dict[str, Any] = {
     #: ``redis.TimeoutError`` before the error is raised (safe: a publish is
     #: stored and delivered once however often it is tried).
     "SSE_PUBLISH_ATTEMPTS": 3,
+    #: Count streams and events as Prometheus metrics (``metrics.py``; needs the
+    #: ``metrics`` extra). On for the whole process once an app turns it on.
+    "SSE_METRICS": False,
 }
 
 #: Keys that are not in ``DEFAULTS`` but mean something (the original library's).
@@ -91,6 +94,7 @@ class SSEConfig:
     namespace: str
     end_streams_on_sigterm: bool
     publish_attempts: int
+    metrics: bool
 
 
 def load_config(app: App) -> SSEConfig:
@@ -120,6 +124,7 @@ def load_config(app: App) -> SSEConfig:
         namespace=_namespace(config),
         end_streams_on_sigterm=_boolean(config, "SSE_END_STREAMS_ON_SIGTERM"),
         publish_attempts=_integer(config, "SSE_PUBLISH_ATTEMPTS", minimum=1),
+        metrics=_boolean(config, "SSE_METRICS"),
     )
 
 
