@@ -14,12 +14,12 @@ from flask import Flask, request
 from flask_sse import sse
 
 app = Flask(__name__)
-app.config["REDIS_URL"] = os.environ["BENCH_REDIS_URL"]
 if os.environ.get("BENCH_METRICS"):  # python -m bench --metrics, this project's server only
     from flask_sse.metrics import metrics_view
 
     app.config["SSE_METRICS"] = True
     app.add_url_rule("/metrics", view_func=metrics_view)
+app.config["REDIS_URL"] = os.environ["BENCH_REDIS_URL"]
 app.register_blueprint(sse, url_prefix="/stream")
 
 

@@ -17,11 +17,12 @@ from flask import Blueprint, current_app, jsonify, request, url_for
 from flask.blueprints import BlueprintSetupState
 from flask.sansio.scaffold import setupmethod
 
-from . import access, cli, metrics, presence, refusal, signals
+from . import access, cli, presence, refusal, signals
 from .config import SSEConfig, channel_problem, load_config
 from .history import Position
 from .hub import Hub, HubUnavailable
 from .message import EventId
+from .metrics import enable as enable_metrics
 from .publisher import Publisher
 from .registry import history_for, hub_for, is_cluster, redis_client
 from .state import SSEState, app_state
@@ -235,7 +236,7 @@ def _init_app(setup: BlueprintSetupState) -> None:
     app = setup.app
     config = load_config(app)
     if config.metrics:
-        metrics.enable()
+        enable_metrics()
     state = app.extensions.get("sse")
     if state is None:
         publisher = Publisher(
