@@ -47,4 +47,3 @@ def test_a_quick_benchmark_run_counts_every_delivery(tmp_path: Path) -> None:
         assert run["saturation"]["deliveries_per_s"] > 0
         assert run["idle then burst"]["redis_connections"] <= 3
     assert "| N=50: deliveries/s at saturation |" in results["table"]
-
