@@ -2,6 +2,7 @@
 
 The same file serves both; which ``flask_sse`` it imports is decided by
 ``PYTHONPATH`` (flask-sse 1.0.0 is installed into a folder of its own).
+``BENCH_METRICS`` turns this project's metrics on (``--metrics``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ from flask import Flask, request
 from flask_sse import sse
 
 app = Flask(__name__)
+if os.environ.get("BENCH_METRICS"):  # python -m bench --metrics, this project's server only
+    from flask_sse.metrics import metrics_view
+
+    app.config["SSE_METRICS"] = True
+    app.add_url_rule("/metrics", view_func=metrics_view)
 app.config["REDIS_URL"] = os.environ["BENCH_REDIS_URL"]
 app.config.from_prefixed_env("BENCH")  # BENCH_SSE_DRAIN_SECONDS=0 sets SSE_DRAIN_SECONDS
 app.register_blueprint(sse, url_prefix="/stream")

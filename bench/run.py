@@ -10,6 +10,8 @@ duplicated events, RSS per open stream and the Redis connections held.
 
 Results go to ``bench/results.json`` and ``bench/results.png``; the table is
 printed. Each scenario runs ``--repeat`` times and the median is reported.
+``--metrics`` serves this project with ``SSE_METRICS`` on, in prometheus_client's
+multiprocess mode (as under gunicorn in production), to measure what counting costs.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -107,11 +111,21 @@ class Server:
             wait_until(lambda: not Path(f"/proc/{self.pid}").exists(), 10, "the worker to exit")
 
 
-def start_server(name: str, redis_url: str, settings: dict[str, str] | None = None) -> Server:
-    """``name`` on one worker; ``settings`` are ``SSE_*`` keys for ``bench.app``."""
+def start_server(
+    name: str,
+    redis_url: str,
+    settings: dict[str, str] | None = None,
+    metrics_dir: str | None = None,
+) -> Server:
+    """``name`` on one worker; ``settings`` are ``SSE_*`` keys for ``bench.app``.
+
+    ``metrics_dir``: this project's server counts, into that (empty) directory.
+    """
     port = free_port()
     env = {**os.environ, "BENCH_REDIS_URL": redis_url, "PYTHONPATH": str(ROOT)}
     env.update({f"BENCH_{key}": value for key, value in (settings or {}).items()})
+    if metrics_dir is not None:
+        env.update(BENCH_METRICS="1", PROMETHEUS_MULTIPROC_DIR=metrics_dir)
     cwd = ROOT
     if name == "ceiling":
         command = [sys.executable, "-m", "bench.ceiling", str(port), redis_url]
@@ -158,6 +172,17 @@ def start_server(name: str, redis_url: str, settings: dict[str, str] | None = No
         wait_until(lambda: children.read_text().strip() != "", 30, "gunicorn's worker")
         pid = int(children.read_text().split()[0])
     return Server(name, port, process, pid)
+
+
+def delivered_total(port: int) -> float:
+    """``sse_events_delivered_total`` of a server with metrics on: proof that they counted."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("sse_events_delivered_total{")
+    )
 
 
 def cpu_seconds(pid: int) -> float:
@@ -410,8 +435,11 @@ QUICK = Plan(
 )
 
 
-async def run_server(name: str, redis_url: str, plan: Plan, admin: redis.Redis) -> dict[str, Any]:
-    server = start_server(name, redis_url)
+async def run_server(
+    name: str, redis_url: str, plan: Plan, admin: redis.Redis, metrics: bool = False
+) -> dict[str, Any]:
+    metrics_dir = tempfile.mkdtemp(prefix="bench-metrics-") if metrics and name == "ours" else None
+    server = start_server(name, redis_url, metrics_dir=metrics_dir)
     try:
         results: dict[str, Any] = {}
         rate, events, flat_out = (
@@ -432,9 +460,14 @@ async def run_server(name: str, redis_url: str, plan: Plan, admin: redis.Redis) 
             results["idle then burst"] = await idle_then_burst(
                 server, plan.large, plan.burst, admin
             )
+        if metrics_dir is not None:
+            results["metrics"] = {"events_delivered": delivered_total(server.port)}
+            print(f"metrics on: {results['metrics']['events_delivered']:,.0f} deliveries counted")
         return results
     finally:
         server.stop()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir)
 
 
 # -- the report ----------------------------------------------------------------
@@ -556,12 +589,18 @@ async def main_async(arguments: argparse.Namespace) -> None:
             for name in arguments.servers:
                 print(f"run {repetition + 1}/{arguments.repeat}: {name}", flush=True)
                 admin.flushall()
-                runs[name].append(await run_server(name, redis_url, plan, admin))
+                runs[name].append(
+                    await run_server(name, redis_url, plan, admin, arguments.metrics)
+                )
     table = report(runs, plan)
     print(table)
     out = Path(arguments.output)
     out.with_suffix(".json").write_text(
-        json.dumps({"plan": plan.__dict__, "runs": runs, "table": table}, indent=1) + "\n"
+        json.dumps(
+            {"plan": plan.__dict__, "metrics": arguments.metrics, "runs": runs, "table": table},
+            indent=1,
+        )
+        + "\n"
     )
     plot(runs, plan, out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
@@ -599,6 +638,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
     parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS)
     parser.add_argument("--output", default=str(BENCH / "results"), help="path without suffix")
+    parser.add_argument(
+        "--metrics", action="store_true",
+        help="this project's server with SSE_METRICS on (multiprocess mode, a temporary directory)",
+    )
     asyncio.run(main_async(parser.parse_args()))
 
 

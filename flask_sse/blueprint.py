@@ -23,6 +23,7 @@ from .config import SSEConfig, channel_problem, load_config
 from .history import Position
 from .hub import Hub, HubUnavailable
 from .message import EventId
+from .metrics import enable as enable_metrics
 from .publisher import Publisher
 from .registry import history_for, hub_for, is_cluster, redis_client
 from .state import SSEState, app_state
@@ -243,6 +244,8 @@ def send_event(
 def _init_app(setup: BlueprintSetupState) -> None:
     app = setup.app
     config = load_config(app)
+    if config.metrics:
+        enable_metrics()
     state = app.extensions.get("sse")
     if state is None:
         publisher = Publisher(

@@ -64,6 +64,9 @@ DEFAULTS: dict[str, Any] = {
     #: ``redis.TimeoutError`` before the error is raised (safe: a publish is
     #: stored and delivered once however often it is tried).
     "SSE_PUBLISH_ATTEMPTS": 3,
+    #: Count streams and events as Prometheus metrics (``metrics.py``; needs the
+    #: ``metrics`` extra). On for the whole process once an app turns it on.
+    "SSE_METRICS": False,
 }
 
 #: Keys that are not in ``DEFAULTS`` but mean something (the original library's).
@@ -100,6 +103,7 @@ class SSEConfig:
     drain_seconds: float
     admission_rate: float
     publish_attempts: int
+    metrics: bool
 
 
 def load_config(app: App) -> SSEConfig:
@@ -131,6 +135,7 @@ def load_config(app: App) -> SSEConfig:
         drain_seconds=_number(config, "SSE_DRAIN_SECONDS", minimum=0),
         admission_rate=_number(config, "SSE_ADMISSION_RATE", minimum=0),
         publish_attempts=_integer(config, "SSE_PUBLISH_ATTEMPTS", minimum=1),
+        metrics=_boolean(config, "SSE_METRICS"),
     )
 
 

@@ -49,6 +49,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from . import metrics
 from .channels import Channel, ChannelTable
 from .delivery import Delivery, from_history
 from .history import History, Position
@@ -314,8 +315,13 @@ class Hub:
             return
         with self._lock:
             fanout = self._channels.admit(name, link.node, delivery)
+        if not fanout:
+            return
+        direct = 0  # streams it was written to directly: one count per event, not per stream
         for subscription in fanout:
-            subscription.deliver(delivery)
+            if subscription.deliver(delivery):
+                direct += 1
+        metrics.fanned_out(delivery.created, direct)
 
     def _replay(self, name: str, channel: Channel, since: Position) -> None:
         """Dispatch what history holds after ``since``: published while we were away."""
@@ -330,8 +336,13 @@ class Hub:
             elif gap:  # history was lost: start again from its newest
                 channel.last = newest
             fanout = channel.snapshot()
+        direct = 0
         for _, delivery in deliveries:
             for subscription in fanout:
-                subscription.deliver(delivery)
+                if subscription.deliver(delivery):
+                    direct += 1
+        if deliveries:
+            resets = 1 if gap else 0  # one reset, to each stream of the channel
+            metrics.hub_replayed(len(deliveries) - resets, resets * len(fanout), direct)
         if events:
             logger.info("Replayed %d events of channel %r from history", len(events), name)

@@ -22,6 +22,7 @@ import threading
 import time
 from typing import Any, Protocol
 
+from . import metrics
 from .naming import Names
 from .routing import Router
 
@@ -95,6 +96,7 @@ class Link:
             logger.warning("Redis pub/sub send to %s failed (%s); reconnecting", self.node, error)
             self.connection = None
             connection.disconnect()
+            metrics.link_lost()
 
     def send_each(self, command: str, names: list[str], one_per_command: bool) -> None:
         """``command`` for all ``names``; one each on a cluster (one slot per command)."""
@@ -151,6 +153,8 @@ class Link:
                     logger.warning(
                         "Redis pub/sub link to %s lost (%s); reconnecting", self.node, error
                     )
+                    if self.connection is connection:  # not counted by a failed send already
+                        metrics.link_lost()
             finally:
                 with self._lock:
                     if self.connection is connection:

@@ -15,6 +15,7 @@ from typing import Any
 import redis
 from flask import json
 
+from . import metrics
 from .config import DEFAULTS, channel_problem, check_redis_url
 from .message import EventId, Message, non_finite_path
 from .registry import history_for, is_cluster
@@ -123,7 +124,14 @@ class Publisher:
                 f"Cannot publish: idempotency_key must be a string of 1 to {MAX_KEY_LENGTH} "
                 f"characters (got {idempotency_key!r:.60})."
             )
-        return self._send(channel, Message(data, type=type, id=id, retry=retry), idempotency_key)
+        message = Message(data, type=type, id=id, retry=retry)
+        try:
+            receivers = self._send(channel, message, idempotency_key)
+        except redis.RedisError as error:
+            metrics.publish_failed(error)
+            raise
+        metrics.published()
+        return receivers
 
     def _send(self, channel: str, message: Message, idempotency_key: str | None) -> int:
         """Publish once, trying again after the errors that leave it uncertain."""

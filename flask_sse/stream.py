@@ -22,7 +22,7 @@ from collections.abc import Callable, Generator
 
 import redis
 
-from . import registry
+from . import metrics, registry
 from .config import SSEConfig
 from .delivery import Delivery, from_history
 from .history import History, Position, format_position, parse_position
@@ -156,10 +156,14 @@ def event_stream(
         except redis.RedisError as error:
             logger.warning("Cannot read history to resume a stream (%s); ending it", error)
             return
-        if backlog:
-            chunk = _render(backlog, channels, positions)
+        chunk, count = _render(backlog, channels, positions)
+        if chunk:
             yielded += len(chunk)
             yield chunk
+            metrics.written(count)
+        # a backlog's only deliveries without a position are its resets
+        resets = sum(1 for delivery in backlog if delivery.position is None)
+        metrics.resumed(count - resets, resets)
     keepalive = config.keepalive
     now = time.monotonic()
     deadline = now + config.max_age if config.max_age else math.inf
@@ -181,10 +185,12 @@ def event_stream(
             if deliveries:
                 if history is None:
                     chunk = b"".join([delivery.chunk for delivery in deliveries])
+                    count = len(deliveries)
                 else:
-                    chunk = _render(deliveries, channels, positions)
+                    chunk, count = _render(deliveries, channels, positions)
                 if chunk:
                     yield chunk
+                    metrics.written(count)
                     last_write = time.monotonic()
             now = time.monotonic()
             if now >= deadline:
@@ -218,7 +224,10 @@ def channel_events(
     pending = _backlog(history, channels, positions) if history is not None and resume else []
     while True:
         for delivery in pending:
-            chunk = delivery.chunk if history is None else _render([delivery], channels, positions)
+            if history is None:
+                chunk = delivery.chunk
+            else:
+                chunk, _ = _render([delivery], channels, positions)
             if chunk:
                 yield delivery.channel, chunk
         if subscription.ended:
@@ -241,8 +250,11 @@ def _backlog(
 
 def _render(
     deliveries: list[Delivery], channels: tuple[str, ...], positions: dict[str, Position]
-) -> bytes:
-    """Write each event once: skip what the client has, keep its positions current."""
+) -> tuple[bytes, int]:
+    """Write each event once: skip what the client has, keep its positions current.
+
+    Returns the chunk and how many events it holds.
+    """
     several = len(channels) > 1
     parts = []
     for delivery in deliveries:
@@ -263,4 +275,4 @@ def _render(
             parts.append(delivery.body() + b"id:" + last_event_id + b"\n\n")
         else:
             parts.append(delivery.chunk)
-    return b"".join(parts)
+    return b"".join(parts), len(parts)

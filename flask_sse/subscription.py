@@ -90,21 +90,23 @@ class Subscription:
 
     # -- the hub's side ------------------------------------------------------
 
-    def deliver(self, delivery: Delivery) -> None:
+    def deliver(self, delivery: Delivery) -> bool:
+        """Queue ``delivery``, or let the direct writer write it: True if that wrote it."""
         if self._reason is not None:
-            return
+            return False
         queue = self._queue
         if self._sleeping and not queue:
             direct_write = self._direct_write
             if direct_write is not None and direct_write(delivery):
-                return
+                return True
         if len(queue) >= self._limit:
             self.end(CloseReason.SLOW)
             if self._on_overflow is not None:
                 self._on_overflow()
-            return
+            return False
         queue.append(delivery)
         self._wakeup.set()
+        return False
 
     # -- the client's side ---------------------------------------------------
 

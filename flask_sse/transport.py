@@ -210,9 +210,10 @@ class DirectWriter:
     single-channel rule of the stream's rendering (skip what the client
     has, move its position on): it is the hot path.
 
-    If the socket takes only part of the chunk, the rest is kept for the
-    stream's greenlet, which is woken to send it before anything else; if it
-    takes nothing, the event is queued as usual. ``last_write`` is when the
+    It returns True once it has written the event (all of it, or part: if
+    the socket takes only part of the chunk, the rest is kept for the
+    stream's greenlet, which is woken to send it before anything else);
+    otherwise the event is queued as usual. ``last_write`` is when the
     last event went out this way (``time.monotonic()``), for keepalives.
     """
 
@@ -241,7 +242,7 @@ class DirectWriter:
             if position is None:
                 return False  # rendered without id by the stream's own greenlet
             if position <= self._positions[self._channel]:
-                return True  # the client has it
+                return False  # the client has it: the stream's greenlet skips it
         framed = http_chunk(delivery)
         try:
             sent = os.write(self._fd, framed)
@@ -249,8 +250,8 @@ class DirectWriter:
             return False
         except OSError:
             self.broken = True
-            self._subscription.wake()
-            return True
+            self._subscription.wake()  # to find its client gone
+            return False  # not written: queued, never to be sent
         if position is not None:
             self._positions[self._channel] = position
         self.last_write = delivery.created

@@ -4,7 +4,7 @@ Configured from the environment by the ``gunicorn`` fixture: the ready-made
 ``sse`` at ``/stream``, a guarded blueprint of the user's own at
 ``/private`` (whose private channels follow the session: ``/login/<user>``
 opens ``private-<user>``, ``/logout`` closes it), and views that publish
-through both APIs.
+through both APIs, and ``/metrics``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from flask import Flask, Response, abort, request, session
 from flask_cors import CORS
 
 from flask_sse import ServerSentEventsBlueprint, send_event, sse
+from flask_sse.metrics import metrics_view
 from flask_sse.registry import hub_for
 
 private = ServerSentEventsBlueprint("private", __name__)
@@ -100,6 +101,8 @@ def create_app() -> Flask:
     @app.get("/pid")
     def pid() -> dict[str, int]:
         return {"pid": os.getpid()}
+
+    app.add_url_rule("/metrics", view_func=metrics_view)  # the figures of every worker
 
     return app
 

@@ -14,6 +14,23 @@ from .conftest import ROOT, _need
 pytestmark = pytest.mark.integration
 
 
+def test_the_benchmark_serves_this_project_with_metrics_on(tmp_path: Path) -> None:
+    """``--metrics``: how the cost of counting is measured, against a run without it."""
+    _need("redis-server")
+    output = tmp_path / "results"
+    subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--repeat", "1", "--servers", "ours", "--metrics",
+         "--output", str(output)],
+        cwd=ROOT, check=True, timeout=300, capture_output=True,
+    )
+    results = json.loads(output.with_suffix(".json").read_text())
+    assert results["metrics"] is True
+    (run,) = results["runs"]["ours"]
+    assert run["metrics"]["events_delivered"] > 0  # the server counted
+    for scenario, figures in run.items():
+        assert figures.get("lost", 0) == figures.get("duplicated", 0) == 0, scenario
+
+
 def test_a_quick_benchmark_run_counts_every_delivery(tmp_path: Path) -> None:
     _need("redis-server")
     output = tmp_path / "results"
