@@ -19,6 +19,7 @@ from flask.sansio.scaffold import setupmethod
 
 from . import access, cli, presence, refusal, signals
 from .admission import Admission
+from .client import client_script, client_version
 from .config import SSEConfig, channel_problem, load_config
 from .history import Position
 from .hub import Hub, HubUnavailable
@@ -63,6 +64,7 @@ class ServerSentEventsBlueprint(Blueprint):
         super().__init__(name, import_name, **kwargs)
         self.authorizer: access.Authorizer | None = None
         self.add_url_rule("", endpoint="stream", view_func=self.stream)
+        self.add_url_rule("/client.js", endpoint="client", view_func=client_script)
         self.record(_init_app)
         for command in (cli.publish_command, cli.listen_command, cli.stats_command):
             self.cli.add_command(command)
@@ -155,6 +157,14 @@ class ServerSentEventsBlueprint(Blueprint):
         if private and with_token:
             values["token"] = self.token_for(private, expires_in)
         return url_for(f"{self.name}.stream", channel=list(channels) or None, **values)
+
+    def client_url(self, **values: Any) -> str:
+        """The URL of this blueprint's JavaScript client, with the package's version.
+
+        ``import { connect } from "{{ sse.client_url() }}"`` in a page's module
+        script; the version lets browsers cache it until the next upgrade.
+        """
+        return url_for(f"{self.name}.client", v=client_version(), **values)
 
     def stream(self) -> Any:
         """``GET ?channel=a&channel=b``: the event stream of those channels."""

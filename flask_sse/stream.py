@@ -4,7 +4,9 @@ Ids: with history on, the ``id`` of every event is a history position, so
 whatever id a browser sends back in ``Last-Event-ID`` says where to resume.
 A stream on several channels sends one position per channel, comma-separated
 in the order of its ``channel`` parameters (``"1700000000000-0,0-0"``): short,
-bounded by ``SSE_MAX_CHANNELS``, and enough to resume every channel. The
+bounded by ``SSE_MAX_CHANNELS``, and enough to resume every channel. A client
+may leave a part empty to start that channel from now (``"1700000000000-0,"``):
+how the JavaScript client adds a channel without losing the others' place. The
 first lines already carry the current positions, so even a browser that has
 received no event yet resumes from where it connected.
 
@@ -41,7 +43,13 @@ _POSITION_LENGTH = 41
 
 
 def parse_last_event_id(text: str, channels: tuple[str, ...]) -> dict[str, Position]:
-    """The per-channel positions of a ``Last-Event-ID``; ``ValueError`` says what is wrong."""
+    """The per-channel positions of a ``Last-Event-ID``; ``ValueError`` says what is wrong.
+
+    An empty part means "from now" for its channel and leaves it out of the
+    result: ``"1700000000000-3,"`` resumes the first of two channels and
+    starts the second where it is. A client changing its channels sends that
+    form (the ids this server sends never have empty parts).
+    """
     if len(text) > _POSITION_LENGTH * len(channels):
         raise ValueError(
             f"Last-Event-ID is {len(text)} characters long: longer than any id this stream sends."
@@ -54,11 +62,14 @@ def parse_last_event_id(text: str, channels: tuple[str, ...]) -> dict[str, Posit
         )
     positions = {}
     for channel, part in zip(channels, parts, strict=True):
+        if not part:
+            continue  # this channel starts from now
         position = parse_position(part)
         if position is None:
             raise ValueError(
                 f"Last-Event-ID {text[:100]!r} is not an id this stream sent: expected "
-                "'<milliseconds>-<sequence>' for each channel, separated by commas."
+                "'<milliseconds>-<sequence>' for each channel, or nothing for a channel "
+                "that starts from now, separated by commas."
             )
         positions[channel] = position
     return positions
@@ -120,7 +131,7 @@ def _subscribe(
     """Subscribe first, then take the positions: the seam described above."""
     subscription, occupied = hub.subscribe(channels, config.queue_size, on_overflow)
     history = registry.history_for(config.redis_url, config.namespace) if config.history else None
-    positions = resume or hub.positions(channels)
+    positions = {**hub.positions(channels), **(resume or {})}  # from now unless resumed
     return subscription, occupied, history, positions
 
 

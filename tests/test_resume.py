@@ -81,6 +81,24 @@ def test_several_channels_resume_each_from_its_own_position(
     again.close()
 
 
+def test_an_empty_part_starts_that_channel_from_now_and_resumes_the_others(
+    memory_url: str, client_stream: OpenClientStream
+) -> None:
+    """The form a client sends when it adds channel ``b`` to a stream of ``a``."""
+    first = client_stream("/stream?channel=a")
+    publish_numbers(memory_url, range(2), channel="a")
+    seen = first.events(2)
+    first.close()
+    publish_numbers(memory_url, range(2, 4), channel="a")  # missed: must be replayed
+    publish_numbers(memory_url, range(100, 103), channel="b")  # before b was asked for: not sent
+    again = client_stream("/stream?channel=a&channel=b", headers={"Last-Event-ID": f"{seen[-1].last_event_id},"})
+    publish_numbers(memory_url, range(103, 105), channel="b")
+    publish_numbers(memory_url, range(4, 5), channel="a")
+    assert [event.data for event in again.events(5)] == ["2", "3", "103", "104", "4"]
+    assert all(part for part in again.events(5)[-1].last_event_id.split(","))  # every id whole again
+    again.close()
+
+
 def test_a_trimmed_history_is_signalled_with_a_reset_event(
     make_app: MakeApp, memory_url: str, client_stream: OpenClientStream
 ) -> None:
