@@ -82,6 +82,25 @@ class Browser:
         """Run ``script``; it calls ``arguments[arguments.length - 1](value)`` when done."""
         return self._call("POST", f"/session/{self.session}/execute/async", {"script": script, "args": list(args)})
 
+    def current_tab(self) -> str:
+        """The handle of the tab scripts run in now."""
+        handle: str = self._call("GET", f"/session/{self.session}/window")
+        return handle
+
+    def new_tab(self) -> str:
+        """Open a blank tab and switch to it; returns its handle."""
+        handle: str = self._call("POST", f"/session/{self.session}/window/new", {"type": "tab"})["handle"]
+        self.switch_to(handle)
+        return handle
+
+    def switch_to(self, handle: str) -> None:
+        """Run the next scripts in the tab ``handle``."""
+        self._call("POST", f"/session/{self.session}/window", {"handle": handle})
+
+    def close_tab(self) -> None:
+        """Close the current tab (as a user does); switch to another before the next call."""
+        self._call("DELETE", f"/session/{self.session}/window")
+
     def listen(self, url: str, name: str = "stream") -> None:
         """Open an ``EventSource`` on ``url`` in the page; :meth:`seen` tells what it saw."""
         self.run(_LISTEN, url, name)

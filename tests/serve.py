@@ -46,6 +46,7 @@ def create_app() -> Flask:
     cors_origin = app.config.pop("TEST_CORS_ORIGIN", None)
     if cors_origin:
         CORS(app, origins=[cors_origin], supports_credentials=True)
+    app.config.setdefault("TEST_TOKEN_SECONDS", 3600)
     hold_fds = app.config.pop("TEST_HOLD_FDS", 0)
     if hold_fds:  # so that the sockets of the streams get descriptors of 1024 and above
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -74,6 +75,20 @@ def create_app() -> Flask:
     @app.get("/subscribers/<channel>")
     def subscribers(channel: str) -> dict[str, int]:
         return {"count": hub_for(app.config["SSE_REDIS_URL"]).local_subscribers(channel)}
+
+    @app.get("/streams")
+    def streams() -> dict[str, int]:
+        """The streams this worker holds open now, on every channel."""
+        return {"count": hub_for(app.config["SSE_REDIS_URL"]).streams}
+
+    @app.get("/token")
+    def token() -> dict[str, str] | tuple[dict[str, str], int]:
+        """A short-lived token for the signed-in user's own channels (``tokenUrl``)."""
+        user = session.get("user")
+        channels = request.args.getlist("channel")
+        if user is None or any(channel != f"private-{user}" for channel in channels):
+            return {"error": "sign in first, and ask for your own channel"}, 403
+        return {"token": sse.token_for(channels, expires_in=app.config["TEST_TOKEN_SECONDS"])}
 
     @app.get("/count/<channel>")
     def count(channel: str) -> dict[str, int]:

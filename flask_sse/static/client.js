@@ -284,7 +284,7 @@ class Stream {
   /** A fresh token from `tokenUrl` for `channels`, or null without one. */
   async token(channels, signal) {
     if (!this.options.tokenUrl) return null;
-    const url = new URL(this.options.tokenUrl, this.url);
+    const url = new URL(this.options.tokenUrl, globalThis.location?.href);
     for (const channel of channels) url.searchParams.append("channel", channel);
     const response = await fetch(url, { credentials: "include", cache: "no-store", signal });
     const text = await response.text();

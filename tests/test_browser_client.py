@@ -1,0 +1,280 @@
+"""The JavaScript client (``/stream/client.js``) in headless Chromium, over gunicorn gevent and Redis.
+
+Tabs of one browser share one stream (the server counts its open streams),
+each tab gets exactly its own channels' events, a leader's tab can close
+without loss or repeat, channels change at run time without loss, ten tabs
+still leave connections for the app's requests, and a cross-origin page
+renews its token through ``tokenUrl`` at every reconnect.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from flask_sse import Publisher
+
+from .browser import Browser
+from .conftest import Gunicorn, _need, free_port
+from .sse_client import wait_for
+
+pytestmark = pytest.mark.integration
+
+#: Loads the client in the current tab and subscribes ``channels``; what it sees goes to ``window.seen``.
+_CONNECT = """
+const [url, channels, options, done] = arguments;
+import(arguments[4] || "/stream/client.js").then(({ connect }) => {
+  const seen = window.seen = { events: {}, states: [], resets: [] };
+  const events = window.events = connect(url, options);
+  window.subscriptions = {};
+  window.record = (channel) => (data, event) => {
+    (seen.events[channel] = seen.events[channel] || []).push(data);
+  };
+  for (const channel of channels) {
+    window.subscriptions[channel] = events.subscribe(channel, window.record(channel));
+  }
+  events.on("state", (state) => seen.states.push(state));
+  events.on("reset", (channel) => seen.resets.push(channel));
+  done(true);
+}, (error) => done(String(error)));
+"""
+_SEEN = "return window.seen;"
+_STATE = "return window.events.state;"
+_LEADS = "return window.events.engine.stream !== null;"
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    chromium = _need("chromium", "chromium")
+    chromedriver = _need("chromedriver", "chromium-driver")
+    started = Browser(chromedriver, chromium, free_port())
+    yield started
+    started.close()
+
+
+def open_tab(
+    browser: Browser, page: str, channels: list[str], url: str = "/stream", first: bool = False,
+    options: dict[str, Any] | None = None,
+) -> str:
+    """A tab of ``page`` (the current one if ``first``) whose client subscribes ``channels``."""
+    handle = browser.current_tab() if first else browser.new_tab()
+    browser.open(page)
+    assert browser.run_async(_CONNECT, url, channels, options or {}) is True
+    return handle
+
+
+def streams(server: Gunicorn) -> int:
+    """Streams the server holds open; one a page left is counted until its next keepalive."""
+    status, body = server.request("GET", "/streams")
+    assert status == 200
+    count = body["count"]
+    assert isinstance(count, int)
+    return count
+
+
+class SteadyPublisher:
+    """Publishes ``0, 1, 2...`` to each of ``channels`` every ``interval`` seconds, from a thread."""
+
+    def __init__(self, redis_url: str, channels: list[str], interval: float = 0.02) -> None:
+        self.publisher = Publisher(redis_url)
+        self.channels = channels
+        self.interval = interval
+        self.published: dict[str, int] = dict.fromkeys(channels, 0)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            for channel in self.channels:
+                self.publisher.publish(self.published[channel], channel=channel)
+                self.published[channel] += 1
+
+    def finish(self) -> dict[str, int]:
+        self.stop.set()
+        self.thread.join(10)
+        return dict(self.published)
+
+
+def test_three_tabs_share_one_stream_and_each_gets_its_own_channels(
+    gunicorn: Callable[..., Gunicorn], redis_url: str, browser: Browser
+) -> None:
+    server = gunicorn(redis_url, SSE_KEEPALIVE=0.5)
+    page = f"http://127.0.0.1:{server.port}/pid"
+    tabs = {"a": open_tab(browser, page, ["a"], first=True)}
+    tabs["b"] = open_tab(browser, page, ["b"])
+    tabs["c"] = open_tab(browser, page, ["c", "a"])
+    for handle in tabs.values():
+        browser.switch_to(handle)
+        wait_for(lambda: browser.run(_STATE)["state"] == "open", what="the tab's stream")
+    wait_for(lambda: set(browser.run(_STATE)["channels"]) == {"a", "b", "c"}, what="the union")
+    publisher = Publisher(redis_url)
+    for number in range(5):
+        for channel in "abc":
+            publisher.publish(f"{channel}{number}", channel=channel)
+    expected = {
+        "b": {"b": [f"b{n}" for n in range(5)]},
+        "c": {"c": [f"c{n}" for n in range(5)], "a": [f"a{n}" for n in range(5)]},
+    }
+    for name, handle in tabs.items():
+        browser.switch_to(handle)
+        want = expected.get(name, {"a": [f"a{n}" for n in range(5)]})
+        wait_for(lambda: sum(map(len, browser.run(_SEEN)["events"].values())) >= 5 * len(want),
+                 what=f"tab {name}'s events")
+        assert browser.run(_SEEN)["events"] == want
+    wait_for(lambda: streams(server) == 1, what="one stream for the browser, whatever its tabs")
+
+
+
+def numbers(seen: dict[str, Any], channel: str) -> list[int]:
+    values: list[int] = seen["events"].get(channel, [])
+    return values
+
+
+def test_the_leaders_tab_closes_and_the_others_carry_on_with_every_event_once(
+    gunicorn: Callable[..., Gunicorn], redis_url: str, browser: Browser
+) -> None:
+    server = gunicorn(redis_url, SSE_KEEPALIVE=0.5)
+    page = f"http://127.0.0.1:{server.port}/pid"
+    leader = open_tab(browser, page, ["news"], first=True)
+    wait_for(lambda: browser.run(_STATE)["state"] == "open", what="the leader's stream")
+    assert browser.run(_LEADS)
+    followers = [open_tab(browser, page, ["news"]), open_tab(browser, page, ["news", "sport"])]
+    assert not browser.run(_LEADS)
+    steady = SteadyPublisher(redis_url, ["news", "sport"])
+    wait_for(lambda: len(numbers(browser.run(_SEEN), "news")) >= 20, what="events in a follower")
+    browser.switch_to(leader)
+    browser.close_tab()
+    browser.switch_to(followers[0])
+    wait_for(lambda: any(_leads(browser, tab) for tab in followers), what="a new leader")
+    seen_after = {tab: len(_seen(browser, tab)["events"]["news"]) for tab in followers}
+    wait_for(lambda: all(len(_seen(browser, tab)["events"]["news"]) >= seen_after[tab] + 30
+                         for tab in followers), what="events after the hand-off")
+    published = steady.finish()
+    for tab, channels in zip(followers, (["news"], ["news", "sport"]), strict=True):
+        for channel in channels:
+            wait_for(lambda: numbers(_seen(browser, tab), channel)[-1:] == [published[channel] - 1],  # noqa: B023
+                     what=f"the last {channel} event")
+            got = numbers(_seen(browser, tab), channel)
+            # every event once, in order, from the tab's first on
+            assert got == list(range(got[0], published[channel])), (tab, channel)
+            assert got[0] <= 1
+    wait_for(lambda: streams(server) == 1, what="one stream on the server")
+
+
+def _seen(browser: Browser, tab: str) -> dict[str, Any]:
+    browser.switch_to(tab)
+    seen: dict[str, Any] = browser.run(_SEEN)
+    return seen
+
+
+def _leads(browser: Browser, tab: str) -> bool:
+    browser.switch_to(tab)
+    return bool(browser.run(_LEADS))
+
+
+_SUBSCRIBE = """
+const [channel, done] = arguments;
+const subscription = window.subscriptions[channel] = window.events.subscribe(channel, window.record(channel));
+subscription.ready.then(() => done(true));
+"""
+_LEAVE = "window.subscriptions[arguments[0]].close();"
+
+
+def test_channels_change_at_run_time_without_losing_or_repeating_events(
+    gunicorn: Callable[..., Gunicorn], redis_url: str, browser: Browser
+) -> None:
+    server = gunicorn(redis_url, SSE_KEEPALIVE=0.5)
+    page = f"http://127.0.0.1:{server.port}/pid"
+    first = open_tab(browser, page, ["stays", "leaves"], first=True)
+    second = open_tab(browser, page, ["other"])
+    steady = SteadyPublisher(redis_url, ["stays", "leaves", "joins", "other", "late"])
+    browser.switch_to(first)
+    wait_for(lambda: len(numbers(browser.run(_SEEN), "stays")) >= 10, what="the first events")
+    assert browser.run_async(_SUBSCRIBE, "joins") is True
+    joined_at = steady.published["joins"]  # published once the stream carried the channel: all wanted
+    wait_for(lambda: len(numbers(browser.run(_SEEN), "joins")) >= 10, what="the new channel's events")
+    browser.run(_LEAVE, "leaves")
+    left_with = len(numbers(browser.run(_SEEN), "leaves"))
+    browser.switch_to(second)  # the other tab changes channels too: the shared stream reconnects again
+    assert browser.run_async(_SUBSCRIBE, "late") is True
+    late_at = steady.published["late"]
+    wait_for(lambda: len(numbers(browser.run(_SEEN), "late")) >= 10, what="the other tab's new channel")
+    published = steady.finish()
+
+    def complete(tab: str, channel: str) -> list[int]:
+        got = numbers(_seen(browser, tab), channel)
+        return got if got[-1:] == [published[channel] - 1] else []
+
+    stays = wait_for(lambda: complete(first, "stays"), what="all of 'stays'")
+    assert stays == list(range(stays[0], published["stays"])) and stays[0] <= 1
+    joins = wait_for(lambda: complete(first, "joins"), what="all of 'joins'")
+    assert joins == list(range(joins[0], published["joins"])) and joins[0] <= joined_at
+    late = wait_for(lambda: complete(second, "late"), what="all of 'late'")
+    assert late == list(range(late[0], published["late"])) and late[0] <= late_at
+    other = wait_for(lambda: complete(second, "other"), what="all of 'other'")
+    assert other == list(range(other[0], published["other"])) and other[0] <= 1
+    leaves = numbers(_seen(browser, first), "leaves")
+    assert leaves == list(range(leaves[0], leaves[0] + len(leaves)))  # no gap or repeat until it left
+    assert len(leaves) == left_with  # and nothing after
+    assert "joins" not in _seen(browser, second)["events"]  # each tab only its own channels
+    wait_for(lambda: streams(server) == 1, what="one stream on the server")
+
+
+_FETCH = """
+const done = arguments[arguments.length - 1];
+const timeout = new Promise((resolve) => setTimeout(() => resolve("timed out"), 8000));
+Promise.race([fetch("/pid").then((response) => response.status), timeout]).then(done, (e) => done(String(e)));
+"""
+
+
+def test_ten_tabs_leave_connections_for_the_apps_own_requests(
+    gunicorn: Callable[..., Gunicorn], redis_url: str, browser: Browser
+) -> None:
+    server = gunicorn(redis_url, SSE_KEEPALIVE=0.5)
+    page = f"http://127.0.0.1:{server.port}/pid"
+    tabs = [open_tab(browser, page, [f"room-{n}"], first=n == 0) for n in range(10)]
+    wait_for(lambda: browser.run(_STATE)["state"] == "open", what="the last tab's channel")
+    for tab in tabs:
+        browser.switch_to(tab)
+        assert browser.run_async(_FETCH) == 200
+    wait_for(lambda: streams(server) == 1, what="one stream on the server")
+    Publisher(redis_url).publish("hello", channel="room-9")
+    wait_for(lambda: numbers(browser.run(_SEEN), "room-9") == ["hello"], what="the event")
+
+
+def test_a_refused_stream_stops_with_the_servers_message(
+    gunicorn: Callable[..., Gunicorn], redis_url: str, browser: Browser
+) -> None:
+    server = gunicorn(redis_url, SSE_KEEPALIVE=0.5)
+    open_tab(browser, f"http://127.0.0.1:{server.port}/pid", ["private-bob"], first=True)
+    state = wait_for(lambda: browser.run(_STATE) if browser.run(_STATE)["state"] == "closed" else None,
+                     what="the refusal")
+    assert state["status"] == 403
+    assert "Channel 'private-bob' is private" in state["reason"]
+    assert streams(server) == 0
+
+
+def test_a_cross_origin_page_renews_its_token_through_several_reconnects(
+    gunicorn: Callable[..., Gunicorn], redis_url: str, browser: Browser
+) -> None:
+    page_server = gunicorn(redis_url, TEST_TOKEN_SECONDS=1.5)
+    origin = f"http://127.0.0.1:{page_server.port}"
+    stream_server = gunicorn(redis_url, TEST_CORS_ORIGIN=origin, SSE_MAX_AGE=1, SSE_RETRY=100)
+    browser.open(f"{origin}/pid")
+    assert browser.run_async("fetch('/login/ann', {method: 'POST'}).then(r => arguments[0](r.status));") == 200
+    stream = f"http://127.0.0.1:{stream_server.port}/stream"
+    assert browser.run_async(_CONNECT, stream, ["private-ann"], {"tokenUrl": "/token"}) is True
+    wait_for(lambda: browser.run(_STATE)["state"] == "open", what="the private stream")
+    steady = SteadyPublisher(redis_url, ["private-ann"], interval=0.05)
+    opens = lambda: sum(state["state"] == "open" for state in browser.run(_SEEN)["states"])  # noqa: E731
+    wait_for(lambda: opens() >= 5, timeout=20, what="five streams, past three token lifetimes")
+    published = steady.finish()
+    wait_for(lambda: numbers(browser.run(_SEEN), "private-ann")[-1:] == [published["private-ann"] - 1],
+             what="the last event")
+    got = numbers(browser.run(_SEEN), "private-ann")
+    assert got == list(range(got[0], published["private-ann"])) and got[0] <= 1
+    assert not [state for state in browser.run(_SEEN)["states"] if state["state"] == "closed"]
