@@ -89,8 +89,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             "index.html",
             staff=staff,
             channels=CHANNELS,
-            # no token in the URL: own_channel_only() decides by the session
-            stream_url=events.stream_url("news", own_channel(), *(["staff"] if staff else [])),
+            # no token: own_channel_only() decides by the session, at every reconnect
+            stream_channels=["news", own_channel(), *(["staff"] if staff else [])],
+            client_url=events.client_url(),
             memory_broker=app.config["SSE_REDIS_URL"].startswith("memory://"),
         )
 

@@ -1,6 +1,6 @@
 """The example page in a real headless Chromium, over gunicorn gevent and real Redis.
 
-Events must arrive through the browser's own ``EventSource``: multi-line and
+Events must arrive through the page's client (``/stream/client.js``): multi-line and
 non-ASCII data, named and unnamed types, three channels (public, staff,
 private), and a resume after the server ends the stream (``SSE_MAX_AGE``):
 events published while the browser waits to reconnect arrive once each.
@@ -47,7 +47,7 @@ def test_the_example_page_in_a_real_browser(
         browser.open(page)
         assert browser.run_async(POST, "/login", {}) == 200
         browser.open(page)  # now with the staff channel too
-        wait_for(lambda: browser.run(STATE) == "open", what="EventSource.onopen")
+        wait_for(lambda: browser.run(STATE) == "open", what="the client's open state")
 
         publisher.publish("naïve café ✓\nΚαλημέρα, мир: second line", type="news", channel="news")
         publisher.publish("no type: onmessage", channel="news")
@@ -79,6 +79,17 @@ def test_the_example_page_in_a_real_browser(
         assert len(texts) == len(set(texts)) == 7  # nothing twice
 
         wait_for(lambda: browser.run(audience) == "1 open stream on news", what="the count again")
+
+        # A second tab of the page shares the first one's stream: still one on news.
+        first_tab = browser.current_tab()
+        browser.new_tab()
+        browser.open(page)
+        wait_for(lambda: browser.run(STATE) == "open", what="the second tab's client")
+        publisher.publish("to both tabs", type="news", channel="news")
+        wait_for(lambda: "to both tabs" in [text for _, text in browser.run(EVENTS)], what="the event")
+        wait_for(lambda: browser.run(audience) == "1 open stream on news", what="one stream for two tabs")
+        browser.switch_to(first_tab)
+        wait_for(lambda: browser.run(EVENTS)[0][1] == "to both tabs", what="the event in the first tab")
         screenshot = Path(os.environ.get("SSE_TEST_SCREENSHOT", tmp_path / "example.png"))
         browser.screenshot(screenshot)
         assert screenshot.read_bytes().startswith(b"\x89PNG")

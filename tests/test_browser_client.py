@@ -122,7 +122,8 @@ def test_three_tabs_share_one_stream_and_each_gets_its_own_channels(
     for name, handle in tabs.items():
         browser.switch_to(handle)
         want = expected.get(name, {"a": [f"a{n}" for n in range(5)]})
-        wait_for(lambda: sum(map(len, browser.run(_SEEN)["events"].values())) >= 5 * len(want),
+        count = 5 * len(want)
+        wait_for(lambda: sum(map(len, browser.run(_SEEN)["events"].values())) >= count,  # noqa: B023
                  what=f"tab {name}'s events")
         assert browser.run(_SEEN)["events"] == want
     wait_for(lambda: streams(server) == 1, what="one stream for the browser, whatever its tabs")

@@ -19,9 +19,12 @@ def example(memory_url: str) -> Flask:
 
 
 def stream_url(page: str) -> str:
-    match = re.search(r'data-stream="([^"]+)"', page)
-    assert match is not None
-    return html.unescape(match[1])
+    """The stream the page's client opens: its prefix and channels."""
+    prefix = re.search(r'data-prefix="([^"]+)"', page)
+    channels = re.search(r'data-channels="([^"]+)"', page)
+    assert prefix is not None and channels is not None
+    query = "&".join(f"channel={name}" for name in html.unescape(channels[1]).split())
+    return f"{html.unescape(prefix[1])}?{query}"
 
 
 def private_channel(url: str) -> str:
@@ -38,7 +41,7 @@ def test_page_streams_news_and_hides_staff_until_signed_in(example: Flask) -> No
     assert client.get("/stream?channel=news&channel=staff").status_code == 403
     assert client.post("/publish", json={"channel": "staff", "text": "x"}).status_code == 403
     client.post("/login")
-    assert "channel=staff" in client.get("/").get_data(as_text=True)
+    assert "channel=staff" in stream_url(client.get("/").get_data(as_text=True))
     stream = client.get("/stream?channel=news&channel=staff", buffered=False)
     assert stream.status_code == 200
     stream.close()

@@ -226,14 +226,14 @@ class Stream {
   async run() {
     let delay = 0;
     while (!this.closed) {
-      if (delay) await this.sleep(delay);
-      if (this.closed) break;
       if (!this.channels.length || this.stopped) {
         await this.sleep(2 ** 31 - 1); // until the channels change
         delay = 0;
         continue;
       }
-      delay = await this.connectOnce();
+      this.sink.state({ state: "connecting", channels: this.channels, reason: this.reason || "" });
+      if (delay) await this.sleep(delay);
+      if (!this.closed && this.channels.length && !this.stopped) delay = await this.connectOnce();
     }
     this.sink.state({ state: "closed", reason: "closed by the page", channels: [] });
   }
@@ -242,7 +242,6 @@ class Stream {
   async connectOnce() {
     const channels = this.channels;
     const controller = (this.controller = new AbortController());
-    this.sink.state({ state: "connecting", channels, reason: this.reason || "" });
     try {
       const token = await this.token(channels, controller.signal);
       const url = streamUrl(this.url, channels, joinId(channels, this.positions), token);
@@ -255,6 +254,7 @@ class Stream {
       const type = response.headers.get("Content-Type") || "";
       if (response.status === 200 && type.startsWith("text/event-stream")) {
         await this.read(response, channels);
+        this.reason ||= "the server ended the stream";
         this.failures = 0;
         return this.retry; // a clean end: the server's retry, as EventSource waits
       }
