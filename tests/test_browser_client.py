@@ -130,8 +130,9 @@ def test_three_tabs_share_one_stream_and_each_gets_its_own_channels(
 
 
 
-def numbers(seen: dict[str, Any], channel: str) -> list[int]:
-    values: list[int] = seen["events"].get(channel, [])
+def numbers(seen: dict[str, Any], channel: str) -> list[Any]:
+    """The data of ``channel``'s events in a tab, in the order they came."""
+    values: list[Any] = seen["events"].get(channel, [])
     return values
 
 
@@ -252,8 +253,12 @@ def test_a_refused_stream_stops_with_the_servers_message(
 ) -> None:
     server = gunicorn(redis_url, SSE_KEEPALIVE=0.5)
     open_tab(browser, f"http://127.0.0.1:{server.port}/pid", ["private-bob"], first=True)
-    state = wait_for(lambda: browser.run(_STATE) if browser.run(_STATE)["state"] == "closed" else None,
-                     what="the refusal")
+    def closed() -> dict[str, Any] | None:
+        state: dict[str, Any] = browser.run(_STATE)
+        return state if state["state"] == "closed" else None
+
+    state = wait_for(closed, what="the refusal")
+    assert state is not None
     assert state["status"] == 403
     assert "Channel 'private-bob' is private" in state["reason"]
     assert streams(server) == 0
@@ -271,7 +276,9 @@ def test_a_cross_origin_page_renews_its_token_through_several_reconnects(
     assert browser.run_async(_CONNECT, stream, ["private-ann"], {"tokenUrl": "/token"}) is True
     wait_for(lambda: browser.run(_STATE)["state"] == "open", what="the private stream")
     steady = SteadyPublisher(redis_url, ["private-ann"], interval=0.05)
-    opens = lambda: sum(state["state"] == "open" for state in browser.run(_SEEN)["states"])  # noqa: E731
+    def opens() -> int:
+        return sum(state["state"] == "open" for state in browser.run(_SEEN)["states"])
+
     wait_for(lambda: opens() >= 5, timeout=20, what="five streams, past three token lifetimes")
     published = steady.finish()
     wait_for(lambda: numbers(browser.run(_SEEN), "private-ann")[-1:] == [published["private-ann"] - 1],
