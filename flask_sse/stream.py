@@ -38,6 +38,8 @@ logger = logging.getLogger("flask_sse")
 #: Sent after ``SSE_KEEPALIVE`` seconds of silence: a comment, ignored by
 #: ``EventSource``, that keeps proxies from closing an idle connection.
 KEEPALIVE = b":\n\n"
+#: Seconds a stream may hold the count of the events it wrote before adding it.
+COUNT_EVERY = 1.0
 #: Longest text one channel's position takes in an id.
 _POSITION_LENGTH = 41
 
@@ -179,6 +181,11 @@ def event_stream(
     now = time.monotonic()
     deadline = now + config.max_age if config.max_age else math.inf
     last_write, next_check = now, now + keepalive
+    # Events written but not yet counted: a busy stream writes chunks of one or
+    # two events thousands of times a second, and each update of a metric costs
+    # about what a delivery does, so the count is added at most once a second
+    # (and before a keepalive, and when the stream ends).
+    uncounted, counted_at = 0, now
     direct = None
     if config.direct_write:
         direct = transport.direct_writer(subscription, history is not None, positions, yielded)
@@ -201,9 +208,12 @@ def event_stream(
                     chunk, count = _render(deliveries, channels, positions)
                 if chunk:
                     yield chunk
-                    metrics.written(count)
+                    uncounted += count
                     last_write = time.monotonic()
             now = time.monotonic()
+            if uncounted and now - counted_at >= COUNT_EVERY:
+                metrics.written(uncounted)
+                uncounted, counted_at = 0, now
             if now >= deadline:
                 subscription.end(CloseReason.MAX_AGE)
                 return  # also on a busy stream; what is queued resumes from history
@@ -214,10 +224,15 @@ def event_stream(
             if direct is not None:
                 last_write = max(last_write, direct.last_write)
             if now - last_write >= keepalive:
+                if uncounted:
+                    metrics.written(uncounted)
+                    uncounted, counted_at = 0, now
                 yield KEEPALIVE
                 last_write = now
     finally:
         subscription.write_directly_with(None)
+        if uncounted:
+            metrics.written(uncounted)
 
 
 def channel_events(
