@@ -164,6 +164,8 @@ def test_the_leaders_tab_closes_and_the_others_carry_on_with_every_event_once(
             # every event once, in order, from the tab's first on
             assert got == list(range(got[0], published[channel])), (tab, channel)
             assert got[0] <= 1
+            print(f"hand-off: a tab got {len(got)} of {published[channel]} {channel} events, "
+                  f"{len(got) - len(set(got))} twice")
     wait_for(lambda: streams(server) == 1, what="one stream on the server")
 
 
@@ -223,6 +225,9 @@ def test_channels_change_at_run_time_without_losing_or_repeating_events(
     assert leaves == list(range(leaves[0], leaves[0] + len(leaves)))  # no gap or repeat until it left
     assert len(leaves) == left_with  # and nothing after
     assert "joins" not in _seen(browser, second)["events"]  # each tab only its own channels
+    print(f"channel changes: stays {len(stays)}/{published['stays']}, joins {len(joins)} "
+          f"(from {joins[0]}, ready at {joined_at}), late {len(late)} (from {late[0]}, ready at "
+          f"{late_at}), other {len(other)}/{published['other']}, leaves {len(leaves)} until it left")
     wait_for(lambda: streams(server) == 1, what="one stream on the server")
 
 
