@@ -31,6 +31,7 @@ from flask.testing import FlaskClient
 
 from flask_sse import registry, sse
 
+from .browser import Browser
 from .sse_client import TestClientStream, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -351,6 +352,16 @@ class Gunicorn:
         pid = body["pid"]
         assert isinstance(pid, int)
         return pid
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    """A headless Chromium (Debian's ``chromium`` and ``chromium-driver``), closed after the test."""
+    chromium = _need("chromium", "chromium")
+    chromedriver = _need("chromedriver", "chromium-driver")
+    started = Browser(chromedriver, chromium, free_port())
+    yield started
+    started.close()
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,16 +15,22 @@ from .conftest import ROOT, _need
 pytestmark = pytest.mark.integration
 
 
-def test_the_benchmark_serves_this_project_with_metrics_on(tmp_path: Path) -> None:
-    """``--metrics``: how the cost of counting is measured, against a run without it."""
+def quick_bench(tmp_path: Path, *arguments: str) -> dict[str, Any]:
+    """``python -m bench --quick --repeat 1`` with ``arguments``: the results it wrote."""
     _need("redis-server")
     output = tmp_path / "results"
     subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--repeat", "1", "--servers", "ours", "--metrics",
+        [sys.executable, "-m", "bench", "--quick", "--repeat", "1", *arguments,
          "--output", str(output)],
         cwd=ROOT, check=True, timeout=300, capture_output=True,
     )
-    results = json.loads(output.with_suffix(".json").read_text())
+    results: dict[str, Any] = json.loads(output.with_suffix(".json").read_text())
+    return results
+
+
+def test_the_benchmark_serves_this_project_with_metrics_on(tmp_path: Path) -> None:
+    """``--metrics``: how the cost of counting is measured, against a run without it."""
+    results = quick_bench(tmp_path, "--servers", "ours", "--metrics")
     assert results["metrics"] is True
     (run,) = results["runs"]["ours"]
     assert run["metrics"]["events_delivered"] > 0  # the server counted
@@ -32,14 +39,7 @@ def test_the_benchmark_serves_this_project_with_metrics_on(tmp_path: Path) -> No
 
 
 def test_a_quick_benchmark_run_counts_every_delivery(tmp_path: Path) -> None:
-    _need("redis-server")
-    output = tmp_path / "results"
-    subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--repeat", "1", "--servers", "ours", "ceiling",
-         "--output", str(output)],
-        cwd=ROOT, check=True, timeout=300, capture_output=True,
-    )
-    results = json.loads(output.with_suffix(".json").read_text())
+    results = quick_bench(tmp_path, "--servers", "ours", "ceiling")
     for name in ("ours", "ceiling"):
         (run,) = results["runs"][name]
         for scenario, figures in run.items():

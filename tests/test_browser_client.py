@@ -10,7 +10,7 @@ renews its token through ``tokenUrl`` at every reconnect.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,7 +18,7 @@ import pytest
 from flask_sse import Publisher
 
 from .browser import Browser
-from .conftest import Gunicorn, _need, free_port
+from .conftest import Gunicorn
 from .sse_client import wait_for
 
 pytestmark = pytest.mark.integration
@@ -44,15 +44,6 @@ import(arguments[4] || "/stream/client.js").then(({ connect }) => {
 _SEEN = "return window.seen;"
 _STATE = "return window.events.state;"
 _LEADS = "return window.events.engine.stream !== null;"
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    chromium = _need("chromium", "chromium")
-    chromedriver = _need("chromedriver", "chromium-driver")
-    started = Browser(chromedriver, chromium, free_port())
-    yield started
-    started.close()
 
 
 def open_tab(

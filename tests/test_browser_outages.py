@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -18,19 +18,10 @@ import redis
 from flask_sse import Publisher
 
 from .browser import Browser
-from .conftest import Gunicorn, RedisServer, _need, free_port
+from .conftest import Gunicorn, RedisServer
 from .sse_client import StreamClient, wait_for
 
 pytestmark = pytest.mark.integration
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    chromium = _need("chromium", "chromium")
-    chromedriver = _need("chromedriver", "chromium-driver")
-    started = Browser(chromedriver, chromium, free_port())
-    yield started
-    started.close()
-
 
 def test_a_page_outlives_a_redis_outage_across_several_stream_ends(
     gunicorn: Callable[..., Gunicorn], durable_redis: RedisServer, browser: Browser
