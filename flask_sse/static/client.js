@@ -121,6 +121,14 @@ export function movedChannel(channels, before, after) {
   return channels.find((channel) => after[channel] && after[channel] !== before[channel]) ?? null;
 }
 
+/** Whether history position `a` ("1700000000000-3") comes after `b` (a missing `b`: yes). */
+export function isAfter(a, b) {
+  if (!b) return true;
+  const [aMs, aSeq] = a.split("-").map(Number);
+  const [bMs, bSeq] = b.split("-").map(Number);
+  return aMs > bMs || (aMs === bMs && aSeq > bSeq);
+}
+
 /** The channels a stream needs for every tab's wants: each once, in a stable order. */
 export function unionChannels(lists) {
   return [...new Set(lists.flat())].sort();
@@ -171,31 +179,34 @@ export function refusalMessage(status, text) {
 /**
  * One fetch-read event stream that reconnects, resumes, and changes channels.
  *
- * `sink` gets `event(channel, type, data, id, positions)`, `positions(positions)`
+ * `sink` gets `event(channel, type, data, id, position, positions)` (`position`:
+ * the event's own in its channel, null without one), `positions(positions)`
  * when an id alone moved them, and `state({state, reason, status, channels})`.
  */
 class Stream {
-  constructor(url, options, sink) {
+  /** `positions`: where to resume each channel from (a new leader's, from the last relay). */
+  constructor(url, options, sink, positions = {}) {
     this.url = url;
     this.options = options;
     this.sink = sink;
     this.channels = [];
-    this.positions = {};
+    this.positions = positions;
     this.retry = DEFAULT_RETRY_MS;
     this.failures = 0;
+    this.reason = "";
     this.closed = false;
     this.stopped = null; // a final refusal's state, until the channels change
     this.controller = null;
     this.wake = () => {};
     this.warned = false;
-    this.running = this.run();
+    this.run();
   }
 
-  /** Stream `channels` from now on; the ones kept resume from `positions`. */
-  setChannels(channels, positions) {
-    const known = { ...this.positions, ...positions };
+  /** Stream `channels` from now on; the ones kept resume where they are. */
+  setChannels(channels) {
     // only the channels kept: one that left and comes back starts from now
-    this.positions = Object.fromEntries(channels.filter((c) => known[c]).map((c) => [c, known[c]]));
+    const kept = channels.filter((channel) => this.positions[channel]);
+    this.positions = Object.fromEntries(kept.map((channel) => [channel, this.positions[channel]]));
     if (channels.join("\n") === this.channels.join("\n")) return;
     this.channels = channels;
     this.stopped = null;
@@ -231,7 +242,7 @@ class Stream {
         delay = 0;
         continue;
       }
-      this.sink.state({ state: "connecting", channels: this.channels, reason: this.reason || "" });
+      this.sink.state({ state: "connecting", channels: this.channels, reason: this.reason });
       if (delay) await this.sleep(delay);
       if (!this.closed && this.channels.length && !this.stopped) delay = await this.connectOnce();
     }
@@ -255,7 +266,6 @@ class Stream {
       if (response.status === 200 && type.startsWith("text/event-stream")) {
         await this.read(response, channels);
         this.reason ||= "the server ended the stream";
-        this.failures = 0;
         return this.retry; // a clean end: the server's retry, as EventSource waits
       }
       const message = refusalMessage(response.status, await response.text());
@@ -319,6 +329,7 @@ class Stream {
             this.reason = block.comments.join(" ");
           } else {
             this.reason = "";
+            this.failures = 0; // a stream that dies later starts its backoff again
             this.sink.state({ state: "open", channels, reason: "" });
           }
         }
@@ -347,7 +358,8 @@ class Stream {
           "them (the server has SSE_HISTORY = 0, or a publisher bypassed the history)",
       );
     }
-    this.sink.event(channel, type, data, block.id, this.positions);
+    const position = after && channel !== null ? (after[channel] ?? null) : null;
+    this.sink.event(channel, type, data, block.id, position, this.positions);
   }
 }
 
@@ -381,12 +393,15 @@ class Events {
     const entry = typeof handlers === "function" ? { "*": handlers } : { ...handlers };
     if (!this.handlers.has(channel)) this.handlers.set(channel, new Set());
     this.handlers.get(channel).add(entry);
-    const ready = new Promise((resolve) => this.waiting.add({ channel, resolve }));
+    const waiter = { channel };
+    const ready = new Promise((resolve) => (waiter.resolve = resolve));
+    this.waiting.add(waiter);
     this.changed();
     this.resolveReady(); // at once if the open stream already carries the channel
     return {
       ready,
       close: () => {
+        this.waiting.delete(waiter); // a channel left before it opened is never ready
         const set = this.handlers.get(channel);
         if (!set || !set.delete(entry)) return;
         if (!set.size) this.handlers.delete(channel);
@@ -405,6 +420,7 @@ class Events {
   /** Leave every channel and let another tab hold the stream. */
   close() {
     this.handlers.clear();
+    this.waiting.clear();
     this.engine.close();
   }
 
@@ -421,7 +437,9 @@ class Events {
     });
   }
 
+  /** An event for this page: to the handlers of `channel` (null: of every channel). */
   deliver(channel, type, raw, id) {
+    if (channel !== null && !this.handlers.has(channel)) return; // another tab's channel
     const data = parseData(raw, this.options.json);
     if (type === "reset") {
       for (const fn of this.listeners.reset) fn(channel);
@@ -456,7 +474,6 @@ class Events {
 /** Each page its own stream: where tabs cannot share, or `shared: false`. */
 class OwnStream {
   constructor(events) {
-    this.events = events;
     this.stream = new Stream(events.url, events.options, {
       event: (channel, type, data, id) => events.deliver(channel, type, data, id),
       positions: () => {},
@@ -465,7 +482,7 @@ class OwnStream {
   }
 
   want(channels) {
-    this.stream.setChannels(channels, {});
+    this.stream.setChannels(channels);
   }
 
   close() {
@@ -487,7 +504,8 @@ class TabGroup {
     this.name = `${LOCK_PREFIX} ${events.url}`;
     this.tab = Math.random().toString(36).slice(2) + Date.now().toString(36);
     this.wants = new Map(); // tab -> channels
-    this.positions = {};
+    this.positions = {}; // each channel's last position relayed: where a new leader resumes
+    this.delivered = {}; // each channel's last position delivered to this page
     this.stream = null; // held while this tab leads
     this.state = null; // the leader's stream's last state
     this.closed = false;
@@ -530,23 +548,33 @@ class TabGroup {
       case "hello":
         this.post({ t: "want", tab: this.tab, channels: this.wants.get(this.tab) || [] });
         break;
+      // A leader's stream owns its positions: what an old leader said late is past.
       case "event":
-        this.positions = message.positions;
-        this.deliver(message.channel, message.type, message.data, message.id);
+        if (!this.stream) this.positions = message.positions;
+        this.deliver(message);
         break;
       case "positions":
-        this.positions = message.positions;
+        if (!this.stream) this.positions = message.positions;
         break;
       case "state":
+        if (this.stream) break;
         if (message.positions) this.positions = message.positions;
         if (message.state) this.events.setState(message.state);
         break;
     }
   }
 
-  deliver(channel, type, data, id) {
-    const mine = this.wants.get(this.tab) || [];
-    if (channel === null || mine.includes(channel)) this.events.deliver(channel, type, data, id);
+  /**
+   * To this page, once. A new leader may take the lock before the old one's
+   * last relays arrive, and then resumes before them: what it relays again
+   * is at or before what this page had, and is dropped.
+   */
+  deliver({ channel, type, data, id, position }) {
+    if (position) {
+      if (type !== "reset" && !isAfter(position, this.delivered[channel])) return;
+      this.delivered[channel] = position; // a reset may move it back: history was lost
+    }
+    this.events.deliver(channel, type, data, id);
   }
 
   /** Holding the lock: run the stream until this tab closes. */
@@ -554,11 +582,12 @@ class TabGroup {
     if (this.closed) return;
     await this.prune();
     this.post({ t: "hello" });
-    this.stream = new Stream(this.events.url, this.events.options, {
-      event: (channel, type, data, id, positions) => {
+    const sink = {
+      event: (channel, type, data, id, position, positions) => {
+        const message = { t: "event", channel, type, data, id, position, positions };
         this.positions = positions;
-        this.post({ t: "event", channel, type, data, id, positions });
-        this.deliver(channel, type, data, id);
+        this.post(message);
+        this.deliver(message);
       },
       positions: (positions) => {
         this.positions = positions;
@@ -569,7 +598,8 @@ class TabGroup {
         this.post({ t: "state", state });
         this.events.setState(state);
       },
-    });
+    };
+    this.stream = new Stream(this.events.url, this.events.options, sink, { ...this.positions });
     this.update();
     const pruning = setInterval(() => this.prune().then(() => this.update()), 5000);
     await new Promise((resolve) => (this.release = resolve));
@@ -587,7 +617,7 @@ class TabGroup {
   }
 
   update() {
-    if (this.stream) this.stream.setChannels(unionChannels([...this.wants.values()]), this.positions);
+    if (this.stream) this.stream.setChannels(unionChannels([...this.wants.values()]));
   }
 
   close() {

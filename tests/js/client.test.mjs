@@ -5,6 +5,7 @@ import { test } from "node:test";
 import {
   EventParser,
   backoff,
+  isAfter,
   joinId,
   movedChannel,
   parseData,
@@ -97,4 +98,12 @@ test("a refusal's message comes from its JSON, its text or its HTML", () => {
   assert.equal(refusalMessage(400, "bad channel\n"), "400: bad channel");
   assert.equal(refusalMessage(403, "<h1>Forbidden</h1><p>No.</p>"), "403: Forbidden No.");
   assert.equal(refusalMessage(404, ""), "404: the server refused the stream");
+});
+
+test("positions compare by milliseconds, then by sequence", () => {
+  assert.equal(isAfter("1700000000001-0", "1700000000000-9"), true);
+  assert.equal(isAfter("1700000000000-10", "1700000000000-9"), true);
+  assert.equal(isAfter("1700000000000-9", "1700000000000-9"), false);
+  assert.equal(isAfter("999-0", "1700000000000-0"), false);
+  assert.equal(isAfter("1-0", undefined), true);
 });
