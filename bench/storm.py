@@ -128,8 +128,7 @@ class Client(asyncio.Protocol):
         if transport is not None:
             transport.close()
         self.port, self.moved = self.next_port, True
-        loop = asyncio.get_running_loop()
-        loop.call_later(self.retry_ms / 1000, lambda: asyncio.ensure_future(self.connect()))
+        self._connect_later()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is not None and not self.stopped:  # cut short: a network error
@@ -141,7 +140,12 @@ class Client(asyncio.Protocol):
         try:
             await loop.create_connection(lambda: self, "127.0.0.1", self.port)
         except OSError:
-            loop.call_later(self.retry_ms / 1000, lambda: asyncio.ensure_future(self.connect()))
+            self._connect_later()
+
+    def _connect_later(self) -> None:
+        """Connect again after ``retry``, as EventSource does."""
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.retry_ms / 1000, lambda: asyncio.ensure_future(self.connect()))
 
 
 def stop(clients: list[Client]) -> None:
@@ -225,7 +229,6 @@ async def move(first: Server, second: Server, admin: redis.Redis, args: Any) -> 
     during = [latency for at, latency in (s for c in bystanders for s in c.latencies)
               if signalled_wall <= at <= moved_wall]
     stop(everyone)
-    second.stop()
     return {
         "resumed_s": resumed,
         "peak_redis_commands_per_s": max(rates, default=0.0),
