@@ -29,7 +29,7 @@ import redis.cluster
 from flask import Blueprint, Flask
 from flask.testing import FlaskClient
 
-from flask_sse import registry, sse
+from flask_sse import Publisher, registry, sse
 
 from .browser import Browser
 from .sse_client import TestClientStream, wait_for
@@ -345,6 +345,14 @@ class Gunicorn:
         finally:
             connection.close()
 
+    def count(self, path: str) -> int:
+        """The ``{"count": n}`` a GET of ``path`` answers (open streams, subscribers)."""
+        status, body = self.request("GET", path)
+        assert status == 200
+        count = body["count"]
+        assert isinstance(count, int)
+        return count
+
     @property
     def worker_pid(self) -> int:
         status, body = self.request("GET", "/pid")
@@ -352,6 +360,45 @@ class Gunicorn:
         pid = body["pid"]
         assert isinstance(pid, int)
         return pid
+
+
+class SteadyPublisher:
+    """Publishes ``0, 1, 2...`` to each of ``channels`` every ``interval`` seconds, from a thread."""
+
+    def __init__(self, redis_url: str, channels: list[str], interval: float = 0.02) -> None:
+        self.publisher = Publisher(redis_url)
+        self.channels = channels
+        self.interval = interval
+        self.published: dict[str, int] = dict.fromkeys(channels, 0)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            for channel in self.channels:
+                self.publisher.publish(self.published[channel], channel=channel)
+                self.published[channel] += 1
+
+    def finish(self) -> dict[str, int]:
+        """Stop publishing; how many events went to each channel."""
+        self.stop.set()
+        self.thread.join(10)
+        return dict(self.published)
+
+
+@pytest.fixture
+def steady_publisher() -> Iterator[Callable[..., SteadyPublisher]]:
+    """Start :class:`SteadyPublisher` threads, each stopped by the end of the test."""
+    started: list[SteadyPublisher] = []
+
+    def start(redis_url: str, channels: list[str], interval: float = 0.02) -> SteadyPublisher:
+        started.append(SteadyPublisher(redis_url, channels, interval))
+        return started[-1]
+
+    yield start
+    for publisher in started:
+        publisher.finish()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ events published while the browser waits to reconnect arrive once each.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from flask_sse import Publisher
 
 from .browser import Browser
-from .conftest import ROOT, Gunicorn
+from .conftest import ROOT, Gunicorn, SteadyPublisher
 from .sse_client import wait_for
 
 pytestmark = pytest.mark.integration
@@ -133,37 +132,23 @@ window.received = [];
 
 
 def test_the_documented_token_renewal_loses_nothing(
-    gunicorn: Callable[..., Gunicorn], redis_url: str, browser: Browser
+    gunicorn: Callable[..., Gunicorn], redis_url: str, browser: Browser,
+    steady_publisher: Callable[..., SteadyPublisher],
 ) -> None:
     """docs/security.md's ``listen()``: tokens of a second, streams ended every second."""
     snippet = (ROOT / "docs" / "security.md").read_text().split("```js\n// A page on another origin")[1]
     snippet = "// A page on another origin" + snippet.split("```")[0]
     server = gunicorn(redis_url, SSE_MAX_AGE=1, SSE_RETRY=100, SSE_KEEPALIVE=0.5)
-    published: list[str] = []
-    stop = threading.Event()
-
-    def publish_steadily() -> None:
-        publisher = Publisher(redis_url)
-        while not stop.wait(0.05):  # a steady stream of events, also while the page renews
-            published.append(f"event {len(published)}")
-            publisher.publish(published[-1], channel="private-ann")
-
-    publishing = threading.Thread(target=publish_steadily)
-    try:
-        browser.open(f"http://127.0.0.1:{server.port}/pid")
-        browser.run(COUNT_FETCHES)
-        browser.run(snippet + "listen('/stream_url?channel=private-ann&expires_in=1&external', "
-                    "(event) => window.received.push(event.data));")
-        publishing.start()
-        wait_for(lambda: browser.run("return window.received.length;") > 0, what="a first event")
-        wait_for(lambda: browser.run("return window.fetches;") >= 4, timeout=30, what="3 renewals")
-        stop.set()
-        publishing.join()
-        everything = partial(lambda last: last in browser.run("return window.received;"), published[-1])
-        wait_for(everything, timeout=15, what="the last event")
-        received = browser.run("return window.received;")
-        assert received == published[published.index(received[0]):]  # each once, in order
-    finally:
-        stop.set()
-        if publishing.is_alive():
-            publishing.join()
+    browser.open(f"http://127.0.0.1:{server.port}/pid")
+    browser.run(COUNT_FETCHES)
+    browser.run(snippet + "listen('/stream_url?channel=private-ann&expires_in=1&external', "
+                "(event) => window.received.push(event.data));")
+    # a steady stream of events, also while the page renews
+    steady = steady_publisher(redis_url, ["private-ann"], interval=0.05)
+    wait_for(lambda: browser.run("return window.received.length;") > 0, what="a first event")
+    wait_for(lambda: browser.run("return window.fetches;") >= 4, timeout=30, what="3 renewals")
+    published = steady.finish()["private-ann"]
+    wait_for(lambda: str(published - 1) in browser.run("return window.received;"), timeout=15,
+             what="the last event")
+    received = browser.run("return window.received;")
+    assert received == [str(n) for n in range(int(received[0]), published)]  # each once, in order

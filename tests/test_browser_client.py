@@ -9,7 +9,6 @@ renews its token through ``tokenUrl`` at every reconnect.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 from flask_sse import Publisher
 
 from .browser import Browser
-from .conftest import Gunicorn
+from .conftest import Gunicorn, SteadyPublisher
 from .sse_client import wait_for
 
 pytestmark = pytest.mark.integration
@@ -26,7 +25,7 @@ pytestmark = pytest.mark.integration
 #: Loads the client in the current tab and subscribes ``channels``; what it sees goes to ``window.seen``.
 _CONNECT = """
 const [url, channels, options, done] = arguments;
-import(arguments[4] || "/stream/client.js").then(({ connect }) => {
+import("/stream/client.js").then(({ connect }) => {
   const seen = window.seen = { events: {}, states: [], resets: [] };
   const events = window.events = connect(url, options);
   window.subscriptions = {};
@@ -46,48 +45,12 @@ _STATE = "return window.events.state;"
 _LEADS = "return window.events.engine.stream !== null;"
 
 
-def open_tab(
-    browser: Browser, page: str, channels: list[str], url: str = "/stream", first: bool = False,
-    options: dict[str, Any] | None = None,
-) -> str:
+def open_tab(browser: Browser, page: str, channels: list[str], first: bool = False) -> str:
     """A tab of ``page`` (the current one if ``first``) whose client subscribes ``channels``."""
     handle = browser.current_tab() if first else browser.new_tab()
     browser.open(page)
-    assert browser.run_async(_CONNECT, url, channels, options or {}) is True
+    assert browser.run_async(_CONNECT, "/stream", channels, {}) is True
     return handle
-
-
-def streams(server: Gunicorn) -> int:
-    """Streams the server holds open; one a page left is counted until its next keepalive."""
-    status, body = server.request("GET", "/streams")
-    assert status == 200
-    count = body["count"]
-    assert isinstance(count, int)
-    return count
-
-
-class SteadyPublisher:
-    """Publishes ``0, 1, 2...`` to each of ``channels`` every ``interval`` seconds, from a thread."""
-
-    def __init__(self, redis_url: str, channels: list[str], interval: float = 0.02) -> None:
-        self.publisher = Publisher(redis_url)
-        self.channels = channels
-        self.interval = interval
-        self.published: dict[str, int] = dict.fromkeys(channels, 0)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self) -> None:
-        while not self.stop.wait(self.interval):
-            for channel in self.channels:
-                self.publisher.publish(self.published[channel], channel=channel)
-                self.published[channel] += 1
-
-    def finish(self) -> dict[str, int]:
-        self.stop.set()
-        self.thread.join(10)
-        return dict(self.published)
 
 
 def test_three_tabs_share_one_stream_and_each_gets_its_own_channels(
@@ -117,7 +80,7 @@ def test_three_tabs_share_one_stream_and_each_gets_its_own_channels(
         wait_for(lambda: sum(map(len, browser.run(_SEEN)["events"].values())) >= count,  # noqa: B023
                  what=f"tab {name}'s events")
         assert browser.run(_SEEN)["events"] == want
-    wait_for(lambda: streams(server) == 1, what="one stream for the browser, whatever its tabs")
+    wait_for(lambda: server.count("/streams") == 1, what="one stream for the browser, whatever its tabs")
 
 
 
@@ -128,7 +91,8 @@ def numbers(seen: dict[str, Any], channel: str) -> list[Any]:
 
 
 def test_the_leaders_tab_closes_and_the_others_carry_on_with_every_event_once(
-    gunicorn: Callable[..., Gunicorn], redis_url: str, browser: Browser
+    gunicorn: Callable[..., Gunicorn], redis_url: str, browser: Browser,
+    steady_publisher: Callable[..., SteadyPublisher],
 ) -> None:
     server = gunicorn(redis_url, SSE_KEEPALIVE=0.5)
     page = f"http://127.0.0.1:{server.port}/pid"
@@ -137,7 +101,7 @@ def test_the_leaders_tab_closes_and_the_others_carry_on_with_every_event_once(
     assert browser.run(_LEADS)
     followers = [open_tab(browser, page, ["news"]), open_tab(browser, page, ["news", "sport"])]
     assert not browser.run(_LEADS)
-    steady = SteadyPublisher(redis_url, ["news", "sport"])
+    steady = steady_publisher(redis_url, ["news", "sport"])
     wait_for(lambda: len(numbers(browser.run(_SEEN), "news")) >= 20, what="events in a follower")
     browser.switch_to(leader)
     browser.close_tab()
@@ -157,7 +121,7 @@ def test_the_leaders_tab_closes_and_the_others_carry_on_with_every_event_once(
             assert got[0] <= 1
             print(f"hand-off: a tab got {len(got)} of {published[channel]} {channel} events, "
                   f"{len(got) - len(set(got))} twice")
-    wait_for(lambda: streams(server) == 1, what="one stream on the server")
+    wait_for(lambda: server.count("/streams") == 1, what="one stream on the server")
 
 
 def _seen(browser: Browser, tab: str) -> dict[str, Any]:
@@ -180,13 +144,14 @@ _LEAVE = "window.subscriptions[arguments[0]].close();"
 
 
 def test_channels_change_at_run_time_without_losing_or_repeating_events(
-    gunicorn: Callable[..., Gunicorn], redis_url: str, browser: Browser
+    gunicorn: Callable[..., Gunicorn], redis_url: str, browser: Browser,
+    steady_publisher: Callable[..., SteadyPublisher],
 ) -> None:
     server = gunicorn(redis_url, SSE_KEEPALIVE=0.5)
     page = f"http://127.0.0.1:{server.port}/pid"
     first = open_tab(browser, page, ["stays", "leaves"], first=True)
     second = open_tab(browser, page, ["other"])
-    steady = SteadyPublisher(redis_url, ["stays", "leaves", "joins", "other", "late"])
+    steady = steady_publisher(redis_url, ["stays", "leaves", "joins", "other", "late"])
     browser.switch_to(first)
     wait_for(lambda: len(numbers(browser.run(_SEEN), "stays")) >= 10, what="the first events")
     assert browser.run_async(_SUBSCRIBE, "joins") is True
@@ -219,7 +184,7 @@ def test_channels_change_at_run_time_without_losing_or_repeating_events(
     print(f"channel changes: stays {len(stays)}/{published['stays']}, joins {len(joins)} "
           f"(from {joins[0]}, ready at {joined_at}), late {len(late)} (from {late[0]}, ready at "
           f"{late_at}), other {len(other)}/{published['other']}, leaves {len(leaves)} until it left")
-    wait_for(lambda: streams(server) == 1, what="one stream on the server")
+    wait_for(lambda: server.count("/streams") == 1, what="one stream on the server")
 
 
 _FETCH = """
@@ -239,7 +204,7 @@ def test_ten_tabs_leave_connections_for_the_apps_own_requests(
     for tab in tabs:
         browser.switch_to(tab)
         assert browser.run_async(_FETCH) == 200
-    wait_for(lambda: streams(server) == 1, what="one stream on the server")
+    wait_for(lambda: server.count("/streams") == 1, what="one stream on the server")
     Publisher(redis_url).publish("hello", channel="room-9")
     wait_for(lambda: numbers(browser.run(_SEEN), "room-9") == ["hello"], what="the event")
 
@@ -257,11 +222,12 @@ def test_a_refused_stream_stops_with_the_servers_message(
     assert state is not None
     assert state["status"] == 403
     assert "Channel 'private-bob' is private" in state["reason"]
-    assert streams(server) == 0
+    assert server.count("/streams") == 0
 
 
 def test_a_cross_origin_page_renews_its_token_through_several_reconnects(
-    gunicorn: Callable[..., Gunicorn], redis_url: str, browser: Browser
+    gunicorn: Callable[..., Gunicorn], redis_url: str, browser: Browser,
+    steady_publisher: Callable[..., SteadyPublisher],
 ) -> None:
     page_server = gunicorn(redis_url, TEST_TOKEN_SECONDS=1.5)
     origin = f"http://127.0.0.1:{page_server.port}"
@@ -271,7 +237,7 @@ def test_a_cross_origin_page_renews_its_token_through_several_reconnects(
     stream = f"http://127.0.0.1:{stream_server.port}/stream"
     assert browser.run_async(_CONNECT, stream, ["private-ann"], {"tokenUrl": "/token"}) is True
     wait_for(lambda: browser.run(_STATE)["state"] == "open", what="the private stream")
-    steady = SteadyPublisher(redis_url, ["private-ann"], interval=0.05)
+    steady = steady_publisher(redis_url, ["private-ann"], interval=0.05)
     def opens() -> int:
         return sum(state["state"] == "open" for state in browser.run(_SEEN)["states"])
 

@@ -29,12 +29,6 @@ def publish(server: Gunicorn, channel: str, data: str) -> None:
     assert status == 200
 
 
-def count(server: Gunicorn, channel: str) -> int:
-    status, body = server.request("GET", f"/count/{channel}")
-    assert status == 200 and isinstance(body["count"], int)
-    return body["count"]
-
-
 @pytest.mark.parametrize(
     ("first", "second"),
     [({"db": 4}, {"db": 5}), ({"SSE_NAMESPACE": "shop"}, {"SSE_NAMESPACE": "blog"})],
@@ -61,7 +55,7 @@ def test_two_apps_on_one_redis_server_are_apart(
         return total
 
     wait_for(lambda: reports() == 2 * 2, what="both apps' counts in Redis")
-    assert [count(server, "news") for server in servers] == [1, 1]
+    assert [server.count("/count/news") for server in servers] == [1, 1]
     publish(servers[0], "news", "for the first")
     publish(servers[0], "private-user-1", "private to the first")
     publish(servers[1], "news", "for the second")

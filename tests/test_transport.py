@@ -28,14 +28,6 @@ pytestmark = pytest.mark.integration
 Start = Callable[..., Gunicorn]
 
 
-def subscribers(server: Gunicorn, channel: str) -> int:
-    status, body = server.request("GET", f"/subscribers/{channel}")
-    assert status == 200
-    count = body["count"]
-    assert isinstance(count, int)
-    return count
-
-
 def test_a_compressing_after_request_hook_gets_a_valid_compressed_stream(
     gunicorn: Start, redis_url: str
 ) -> None:
@@ -69,12 +61,12 @@ def test_a_closed_client_on_a_high_descriptor_is_released_within_the_keepalive(
     keepalive = 2.0
     server = gunicorn(redis_url, SSE_KEEPALIVE=keepalive, TEST_HOLD_FDS=1100)
     stream = StreamClient(server.port, "/stream?channel=high")
-    assert subscribers(server, "high") == 1
+    assert server.count("/subscribers/high") == 1
     while stream.read_line() != ":\n":  # just after a keepalive: the next one is a full period away
         pass
     stream.close()
     closed = time.monotonic()
-    wait_for(lambda: subscribers(server, "high") == 0, timeout=keepalive * 1.5,
+    wait_for(lambda: server.count("/subscribers/high") == 0, timeout=keepalive * 1.5,
              what="the closed client to be released")
     print(f"released {time.monotonic() - closed:.2f} s after the close (keepalive {keepalive} s)")
 
@@ -86,12 +78,12 @@ def test_a_half_closed_client_on_a_busy_channel_is_released(
     server = gunicorn(redis_url, SSE_KEEPALIVE=keepalive)
     client = socket.create_connection(("127.0.0.1", server.port))
     client.sendall(b"GET /stream?channel=busy HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
-    wait_for(lambda: subscribers(server, "busy") == 1, what="the stream to open")
+    wait_for(lambda: server.count("/subscribers/busy") == 1, what="the stream to open")
     client.shutdown(socket.SHUT_WR)  # gone, as far as it will ever read; writes still succeed
     publisher = Publisher(redis_url)
     deadline = time.monotonic() + keepalive * 3
     try:
-        while subscribers(server, "busy") != 0:
+        while server.count("/subscribers/busy") != 0:
             assert time.monotonic() < deadline, "a gone client on a busy channel was kept"
             publisher.publish("more than once per keepalive", channel="busy")
             time.sleep(0.1)  # the publishing pace, not a wait for a condition
