@@ -42,21 +42,18 @@ def decide(
     """
     if not private:
         return
-    if authorize is None:
-        check(secret_key, token, private)
-        return
-    answer = authorize(private)
-    if answer:
-        return
-    if token:
-        check(secret_key, token, private)
-        return
-    name = getattr(authorize, "__name__", repr(authorize))
-    raise AccessDenied(
-        f"Not allowed to open channel {private[0]!r}: the app's authorize callback "
-        f"{name}() answered {answer!r} for this session (sign in again, or ask for "
-        "a channel of your own)."
-    )
+    if authorize is not None:
+        answer = authorize(private)
+        if answer:
+            return
+        if not token:
+            name = getattr(authorize, "__name__", repr(authorize))
+            raise AccessDenied(
+                f"Not allowed to open channel {private[0]!r}: the app's authorize callback "
+                f"{name}() answered {answer!r} for this session (sign in again, or ask for "
+                "a channel of your own)."
+            )
+    check(secret_key, token, private)
 
 
 def _serializer(secret_key: object) -> URLSafeSerializer:

@@ -17,14 +17,14 @@ from flask import Blueprint, current_app, url_for
 from flask.blueprints import BlueprintSetupState
 from flask.sansio.scaffold import setupmethod
 
-from . import access, cli, presence
+from . import access, cli
 from .admission import Admission
 from .client import client_script, client_version
 from .config import channel_problem, load_config
 from .message import EventId
 from .metrics import enable as enable_metrics
 from .publisher import Publisher
-from .registry import history_for, hub_for, redis_client
+from .registry import hub_for
 from .state import SSEState, app_state
 from .view import stream_view
 
@@ -168,11 +168,7 @@ class ServerSentEventsBlueprint(Blueprint):
         sees its own last stream gone.
         """
         config = app_state("sse.subscriber_count").config
-        hub = hub_for(config.redis_url, config.namespace)
-        names = history_for(config.redis_url, config.namespace).names
-        client = redis_client(config.redis_url)
-        others = presence.count(client, channel, names, exclude=hub.presence_key)
-        return others + hub.local_subscribers(channel)
+        return hub_for(config.redis_url, config.namespace).subscriber_count(channel)
 
 
 def send_event(

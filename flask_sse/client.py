@@ -8,8 +8,6 @@ upgrade changes the URL; without it the browser revalidates (ETag) each load.
 
 from __future__ import annotations
 
-from functools import cache
-from importlib.metadata import version
 from pathlib import Path
 
 from flask import Response, request, send_file
@@ -19,10 +17,11 @@ SCRIPT = Path(__file__).with_name("static") / "client.js"
 VERSIONED_MAX_AGE = 365 * 24 * 3600
 
 
-@cache
 def client_version() -> str:
     """The installed package's version, which names the client's file."""
-    return version("flask-sse-hub")
+    from . import __version__  # here: the package imports this module first
+
+    return __version__
 
 
 def client_script() -> Response:

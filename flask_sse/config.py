@@ -206,13 +206,14 @@ def check_redis_url(url: object, setting: str = "SSE_REDIS_URL") -> None:
     ``setting`` names where the URL came from, for the message: the app's
     ``SSE_REDIS_URL``, or ``Publisher(redis_url)``.
     """
-    where = "app.config['SSE_REDIS_URL'] = " if setting == "SSE_REDIS_URL" else f"{setting}("
-    close = "" if setting == "SSE_REDIS_URL" else ")"
+    if setting == "SSE_REDIS_URL":
+        name, where, close = setting, "app.config['SSE_REDIS_URL'] = ", ""
+    else:
+        name, where, close = f"The redis_url of {setting}()", f"{setting}(", ")"
     example = (
         f"for example {where}'redis://localhost:6379/0'{close}, "
         "'redis+cluster://node:7000' for Redis Cluster, or 'memory://' for the embedded broker."
     )
-    name = setting if setting == "SSE_REDIS_URL" else f"The redis_url of {setting}()"
     if not isinstance(url, str) or not url.startswith(REDIS_SCHEMES):
         raise ValueError(
             f"{name} must start with one of {', '.join(REDIS_SCHEMES)}, got {url!r}: {example}"

@@ -95,8 +95,7 @@ class Hub:
         self._subscriptions: dict[Subscription, None] = {}
         self._closed = False
         self._scheduler = Scheduler(open_streams=self._open_streams)
-        #: where this hub reports its counts, so a reader can use its live ones instead
-        self.presence_key = presence.key
+        self._presence = presence
         self._reporter = Reporter(presence, self._counts)
         self._owner_search = OwnerSearch(router, self._moved)
 
@@ -189,6 +188,10 @@ class Hub:
         """How many streams this process serves from this hub."""
         with self._lock:
             return len(self._subscriptions)
+
+    def subscriber_count(self, channel: str) -> int:
+        """Open streams of ``channel``: other hubs' last reports, and this one's live count."""
+        return self._presence.others(channel) + self.local_subscribers(channel)
 
     def local_subscribers(self, channel: str) -> int:
         """How many clients of this process are subscribed to ``channel``."""

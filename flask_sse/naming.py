@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 #: What a namespace may look like: it goes into channel and key names.
 NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -37,14 +38,14 @@ class Names:
     #: Redis Cluster: a prefixed channel keeps its slot (its name becomes the hash tag)
     sharded: bool = False
 
-    @property
+    @cached_property  # read for every message the hub receives
     def channel_prefix(self) -> str:
         parts = [self.namespace] if self.namespace else []
         if self.db:
             parts.append(f"db{self.db}")
         return "".join(part + ":" for part in parts)
 
-    @property
+    @cached_property
     def key_prefix(self) -> str:
         return f"sse:{self.namespace}:" if self.namespace else "sse:"
 

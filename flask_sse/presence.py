@@ -44,6 +44,10 @@ class Presence:
         #: the hash this hub's counts are written to
         self.key = f"{self._registry}:{uuid.uuid4().hex}"
 
+    def others(self, channel: str) -> int:
+        """Open streams of ``channel`` in every other hub's last report."""
+        return _summed(self._client, self._registry, exclude=self.key).get(channel, 0)
+
     def report(self, counts: dict[str, int]) -> None:
         now = time.time()
         with self._client.pipeline(transaction=True) as pipe:
@@ -109,17 +113,16 @@ class Reporter:
                 logger.info("Could not report subscriber counts (%s)", error)
 
 
-def totals(
-    client: redis.Redis, names: Names | None = None, exclude: str | None = None
-) -> dict[str, int]:
-    """Open streams per channel, summed over every hub that reported lately.
+def totals(client: redis.Redis, names: Names | None = None) -> dict[str, int]:
+    """Open streams per channel, summed over every hub that reported lately."""
+    return _summed(client, (names or Names()).presence_registry)
 
-    ``exclude``: the key of a hub whose report is left out (the caller adds
-    that hub's live counts instead of its last report).
-    """
-    registry = (names or Names()).presence_registry
+
+def _summed(client: redis.Redis, registry: str, exclude: str | None = None) -> dict[str, int]:
+    """The reports in ``registry`` added up, but ``exclude``'s (a hub that counts live)."""
     keys: Any = client.zrangebyscore(registry, time.time() - TTL, "+inf")
-    keys = [key for key in keys if exclude is None or key != exclude.encode()]
+    if exclude is not None:
+        keys = [key for key in keys if key != exclude.encode()]
     with client.pipeline(transaction=False) as pipe:
         for key in keys:
             pipe.hgetall(key)
@@ -131,9 +134,3 @@ def totals(
             summed[name] = summed.get(name, 0) + int(count)
     return summed
 
-
-def count(
-    client: redis.Redis, channel: str, names: Names | None = None, exclude: str | None = None
-) -> int:
-    """Open streams of ``channel`` across every worker and machine (but ``exclude``)."""
-    return totals(client, names, exclude).get(channel, 0)

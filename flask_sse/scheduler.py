@@ -34,15 +34,13 @@ class Drain:
     Only the scheduler's thread uses it.
     """
 
-    def __init__(self, window: float, began: float) -> None:
+    def __init__(self, window: float, began: float, total: int) -> None:
         self._window = window
         self._began = began
-        self._total: int | None = None
+        self._total = total
         self._ended = 0
 
     def end_due(self, open_streams: list[Subscription], now: float) -> None:
-        if self._total is None:
-            self._total = len(open_streams)
         due = len(open_streams)
         if self._window > 0 and now - self._began < self._window:
             share = (now - self._began) / self._window
@@ -114,9 +112,10 @@ class Scheduler:
                 return
             if self._ending:
                 now = time.monotonic()
+                streams = self._open_streams()
                 if self._drain is None:
-                    self._drain = Drain(self._drain_window, now)
-                self._drain.end_due(self._open_streams(), now)
+                    self._drain = Drain(self._drain_window, now, len(streams))
+                self._drain.end_due(streams, now)
             for subscription in self._take_due(time.monotonic()):
                 subscription.wake()
 

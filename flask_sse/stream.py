@@ -285,13 +285,13 @@ def _render(
     parts = []
     for delivery in deliveries:
         position = delivery.position
-        if delivery.baseline is not None:  # history was lost: start again from its newest
-            positions[delivery.channel] = delivery.baseline
-            last_event_id = format_last_event_id(channels, positions).encode()
-            parts.append(delivery.body() + b"id:" + last_event_id + b"\n\n")
-            continue
-        if position is None:  # not from history (a reset, a raw PUBLISH): sent without id
-            parts.append(delivery.body() + b"\n")
+        if position is None:  # not from history: a reset, or a raw PUBLISH
+            if delivery.baseline is not None:  # history was lost: start again from its newest
+                positions[delivery.channel] = delivery.baseline
+                last_event_id = format_last_event_id(channels, positions).encode()
+                parts.append(delivery.body() + b"id:" + last_event_id + b"\n\n")
+            else:  # sent without id
+                parts.append(delivery.body() + b"\n")
             continue
         if position <= positions[delivery.channel]:
             continue
