@@ -1,0 +1,108 @@
+"""What metrics cost: CPU per delivery with ``SSE_METRICS`` on against off, in pairs.
+
+``python -m bench.overhead`` serves this project twice on one gevent worker
+each, one with metrics on (prometheus_client's multiprocess mode, as under
+gunicorn in production) and one without, and runs the saturation scenario
+(N streams on one channel, events published flat out) on them in turn:
+off-on, on-off, off-on, ... The servers alternate within each pair, and the
+order alternates between pairs, so drift on the machine (other load, CPU
+frequency) falls on both sides alike. It prints each pair's ratio and their
+median, which is far less noisy than comparing two whole benchmark runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import tempfile
+import time
+
+import redis
+
+from .run import (
+    Server,
+    cpu_seconds,
+    delivered_total,
+    raise_file_limit,
+    redis_server,
+    saturation,
+    start_server,
+)
+
+WARM_STREAMS, WARM_EVENTS = 10, 20
+
+
+def wait_idle(server: Server, quiet: float = 0.5, timeout: float = 60) -> None:
+    """Until the worker has used no CPU for ``quiet`` seconds (closed streams are reaped)."""
+    deadline = time.monotonic() + timeout
+    last = cpu_seconds(server.pid)
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = cpu_seconds(server.pid)
+        if now == last:
+            return
+        last = now
+    raise RuntimeError(f"{server.name} is still busy after {timeout} s")
+
+
+async def measure(arguments: argparse.Namespace) -> None:
+    raise_file_limit()
+    metrics_dir = tempfile.mkdtemp(prefix="bench-metrics-")
+    with redis_server() as (redis_url, admin):
+        servers = {
+            "off": start_server("ours", redis_url),
+            "on": start_server("ours", redis_url, metrics_dir=metrics_dir),
+        }
+        try:
+            for server in servers.values():  # the hub, its pools and the code paths warm
+                await saturation(server, WARM_STREAMS, WARM_EVENTS, admin)
+            ratios = await pairs(servers, arguments, admin)
+            counted = delivered_total(servers["on"].port)
+        finally:
+            for server in servers.values():
+                server.stop()
+            shutil.rmtree(metrics_dir)
+    expected = len(ratios) * arguments.events * arguments.n + WARM_STREAMS * WARM_EVENTS
+    print(f"metrics on: {counted:,.0f} deliveries counted (at least {expected:,} expected)")
+    if counted < expected:
+        raise SystemExit("the server with metrics on did not count every delivery")
+    print(
+        f"CPU per delivery, metrics on / off: median {statistics.median(ratios):.3f} "
+        f"(pairs from {min(ratios):.3f} to {max(ratios):.3f}, {len(ratios)} pairs)"
+    )
+
+
+async def pairs(
+    servers: dict[str, Server], arguments: argparse.Namespace, admin: redis.Redis
+) -> list[float]:
+    ratios = []
+    for number in range(arguments.pairs):
+        order = ("off", "on") if number % 2 == 0 else ("on", "off")
+        cost = {}
+        for side in order:
+            result = await saturation(servers[side], arguments.n, arguments.events, admin)
+            if result["lost"] or result["duplicated"] or result["out_of_order"]:
+                raise SystemExit(f"metrics {side}: {result}")
+            cost[side] = result["cpu_us_per_delivery"]
+            wait_idle(servers[side])
+        ratios.append(cost["on"] / cost["off"])
+        print(
+            f"pair {number + 1}: off {cost['off']:.2f} us, on {cost['on']:.2f} us, "
+            f"on / off {ratios[-1]:.3f}",
+            flush=True,
+        )
+    return ratios
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=10, help="off/on pairs of runs")
+    parser.add_argument("-n", type=int, default=1000, help="streams on the channel")
+    parser.add_argument("--events", type=int, default=1000, help="events per run")
+    asyncio.run(measure(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
