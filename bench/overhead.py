@@ -8,16 +8,24 @@ off-on, on-off, off-on, ... The servers alternate within each pair, and the
 order alternates between pairs, so drift on the machine (other load, CPU
 frequency) falls on both sides alike. It prints each pair's ratio and their
 median, which is far less noisy than comparing two whole benchmark runs.
+
+``--hooks`` times the counting itself instead, in this process: the calls the
+hub and a stream make per event and per chunk with metrics on, in
+multiprocess mode. Their cost per event over a fan-out's cost is the
+overhead no run-to-run noise hides.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
+import os
 import shutil
 import statistics
 import tempfile
 import time
+import timeit
 
 import redis
 
@@ -68,10 +76,33 @@ async def measure(arguments: argparse.Namespace) -> None:
     print(f"metrics on: {counted:,.0f} deliveries counted (at least {expected:,} expected)")
     if counted < expected:
         raise SystemExit("the server with metrics on did not count every delivery")
+    logs = [math.log(ratio) for ratio in ratios]
+    mean, spread = statistics.mean(logs), 2 * statistics.stdev(logs) / math.sqrt(len(logs))
     print(
-        f"CPU per delivery, metrics on / off: median {statistics.median(ratios):.3f} "
-        f"(pairs from {min(ratios):.3f} to {max(ratios):.3f}, {len(ratios)} pairs)"
+        f"CPU per delivery, metrics on / off: median {statistics.median(ratios):.3f}, "
+        f"geometric mean {math.exp(mean):.3f} (about 95% within "
+        f"{math.exp(mean - spread):.3f} to {math.exp(mean + spread):.3f}); "
+        f"pairs from {min(ratios):.3f} to {max(ratios):.3f}, {len(ratios)} pairs"
     )
+
+
+def hooks() -> None:
+    """Microseconds per call of the hooks a fan-out makes, metrics on, multiprocess mode."""
+    directory = tempfile.mkdtemp(prefix="bench-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory  # read when prometheus_client loads
+    try:
+        from flask_sse import metrics
+
+        metrics.enable()
+        calls = 100_000
+        for name, hook in (
+            ("fanned_out (the hub, once per event)", lambda: metrics.fanned_out(0.0, 1000)),
+            ("written (a stream, at most once a second)", lambda: metrics.written(50)),
+        ):
+            seconds = min(timeit.repeat(hook, number=calls, repeat=5))
+            print(f"{name}: {1e6 * seconds / calls:.2f} us per call")
+    finally:
+        shutil.rmtree(directory)
 
 
 async def pairs(
@@ -101,7 +132,12 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=10, help="off/on pairs of runs")
     parser.add_argument("-n", type=int, default=1000, help="streams on the channel")
     parser.add_argument("--events", type=int, default=1000, help="events per run")
-    asyncio.run(measure(parser.parse_args()))
+    parser.add_argument("--hooks", action="store_true", help="time the counting calls only")
+    arguments = parser.parse_args()
+    if arguments.hooks:
+        hooks()
+    else:
+        asyncio.run(measure(arguments))
 
 
 if __name__ == "__main__":
