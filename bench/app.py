@@ -26,5 +26,5 @@ app.register_blueprint(sse, url_prefix="/stream")
 
 @app.post("/publish")
 def publish() -> tuple[str, int]:
-    sse.publish(request.get_data(as_text=True), channel="bench")
+    sse.publish(request.get_data(as_text=True), channel=request.args.get("channel", "bench"))
     return "", 204

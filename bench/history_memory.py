@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import redis
 
-from bench.run import redis_server
+from bench.servers import redis_server
 from flask_sse import Publisher
 from flask_sse.naming import Names
 

@@ -29,13 +29,13 @@ import timeit
 
 import redis
 
-from .run import (
+from .scenarios import saturation
+from .servers import (
     Server,
     cpu_seconds,
     delivered_total,
     raise_file_limit,
     redis_server,
-    saturation,
     start_server,
 )
 

@@ -30,7 +30,8 @@ from typing import Any
 
 import redis
 
-from bench.run import ROOT, Server, percentile, raise_file_limit, redis_server, start_server
+from bench.load import percentile
+from bench.servers import ROOT, Server, raise_file_limit, redis_server, start_server
 
 
 @dataclass
