@@ -67,12 +67,14 @@ class ServerSentEventsBlueprint(Blueprint):
         type: str | None = None,
         id: EventId | None = None,
         retry: int | None = None,
-        channel: str | None = None,
+        channel: str | Iterable[str] | None = None,
         idempotency_key: str | None = None,
     ) -> int:
         """Publish an event on ``channel`` (``SSE_DEFAULT_CHANNEL`` if none).
 
-        Returns how many worker processes were subscribed to the channel.
+        ``channel`` may be a list of up to 100 channels: the event goes to
+        each, in one round trip to Redis. Returns how many worker processes
+        were subscribed to the channel (summed over the channels).
         ``idempotency_key`` and the errors: see :meth:`Publisher.publish`.
         """
         publisher = app_state("sse.publish").publisher
@@ -174,13 +176,14 @@ class ServerSentEventsBlueprint(Blueprint):
 def send_event(
     event: str | None,
     data: Any,
-    channel: str | None = None,
+    channel: str | Iterable[str] | None = None,
     id: EventId | None = None,
     retry: int | None = None,
     idempotency_key: str | None = None,
 ) -> int:
     """Publish ``data`` as an event of type ``event`` (the original helper).
 
+    ``channel``: one name, or a list of them (as :meth:`Publisher.publish`).
     ``idempotency_key`` and the errors: see :meth:`Publisher.publish`.
     """
     publisher = app_state("send_event").publisher

@@ -100,6 +100,11 @@ def format_position(position: Position) -> str:
     return f"{position[0]}-{position[1]}"
 
 
+def _check_payload(payload: str) -> None:
+    if not payload.startswith("{"):
+        raise ValueError(f"a history payload must be a JSON object, got {payload[:40]!r}")
+
+
 def with_position(payload: bytes, position: bytes) -> bytes:
     """A stored payload (a JSON object without ``id``) with its ``id`` put first."""
     return b'{"id":"' + position + b'",' + payload[1:]
@@ -128,16 +133,50 @@ class History:
         published, as it is, and the position is ``None``. A repeated
         ``identity`` does nothing and returns ``(None, 0)``.
         """
-        if not payload.startswith("{"):
-            raise ValueError(f"a history payload must be a JSON object, got {payload[:40]!r}")
-        position, receivers = self._append_and_publish(
-            keys=[self.names.history_key(channel), self.names.published_key(channel)],
-            args=[
-                self.names.channel(channel), payload, maxlen, ttl, self.publish_command,
-                identity, maxlen or REMEMBERED_WITHOUT_HISTORY,
-            ],
-        )
+        _check_payload(payload)
+        keys, args = self._script_call(channel, payload, maxlen, ttl, identity)
+        position, receivers = self._append_and_publish(keys, args)
         return position.decode() or None, int(receivers)
+
+    def publish_many(
+        self, channels: list[str], payload: str, maxlen: int, ttl: int, identity: str
+    ) -> list[tuple[str | None, int]]:
+        """:meth:`publish` on each of ``channels``, in one round trip per Redis server.
+
+        One pipeline of the script's calls, not a transaction: each channel's
+        append and publish is atomic, and the identity makes sending the
+        whole pipeline again (after an uncertain error) store each once.
+        """
+        _check_payload(payload)
+        calls = [self._script_call(channel, payload, maxlen, ttl, identity) for channel in channels]
+        try:
+            results = self._pipelined(calls)
+        except redis.exceptions.NoScriptError:
+            # a server that has not run the script yet (once per server, or
+            # after SCRIPT FLUSH or a restart): load it everywhere, send again;
+            # the channels that ran it the first time see a repeat now
+            self._client.script_load(_APPEND_AND_PUBLISH)
+            results = self._pipelined(calls)
+        return [(position.decode() or None, int(receivers)) for position, receivers in results]
+
+    def _pipelined(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """EVALSHA for each channel in one pipeline (without redis-py's SCRIPT EXISTS first)."""
+        sha = self._append_and_publish.sha
+        with self._client.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            return pipe.execute()
+
+    def _script_call(
+        self, channel: str, payload: str, maxlen: int, ttl: int, identity: str
+    ) -> tuple[list[str], list[Any]]:
+        """The script's keys and arguments for one channel."""
+        keys = [self.names.history_key(channel), self.names.published_key(channel)]
+        args = [
+            self.names.channel(channel), payload, maxlen, ttl, self.publish_command,
+            identity, maxlen or REMEMBERED_WITHOUT_HISTORY,
+        ]
+        return keys, args
 
     def lengths(self) -> dict[str, int]:
         """Every channel that has a history, and its length (SCAN: for tools, not requests)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import redis
@@ -27,6 +28,8 @@ logger = logging.getLogger("flask_sse")
 UNCERTAIN = (redis.ConnectionError, redis.TimeoutError)
 #: Longest ``idempotency_key``.
 MAX_KEY_LENGTH = 200
+#: Most channels one publish call may name (as Pusher's trigger).
+MAX_CHANNELS_PER_PUBLISH = 100
 #: Seconds before the first retry; each next one waits twice as long, up to
 #: ``LONGEST_PAUSE``.
 FIRST_PAUSE = 0.1
@@ -86,10 +89,16 @@ class Publisher:
         type: str | None = None,
         id: EventId | None = None,
         retry: int | None = None,
-        channel: str | None = None,
+        channel: str | Iterable[str] | None = None,
         idempotency_key: str | None = None,
     ) -> int:
         """Publish one event; return how many processes were listening.
+
+        ``channel`` is one name, or a list of up to
+        ``MAX_CHANNELS_PER_PUBLISH`` (a notification for several users):
+        the event is appended to each channel's history and published there
+        (each with its own id), in one round trip per Redis server, and the
+        listeners are summed. A stream on two of them gets it from each.
 
         ``idempotency_key`` names this publish, so that publishing it again
         (a task retried by Celery or RQ, a script run twice) does nothing:
@@ -107,10 +116,7 @@ class Publisher:
         so publish it again later with the same ``idempotency_key``. An
         event is never dropped silently.
         """
-        channel = self.default_channel if channel is None else channel
-        problem = channel_problem(channel, cluster=is_cluster(self.redis_url))
-        if problem:
-            raise ValueError(f"Cannot publish: {problem}.")
+        channels = self._channels(channel)
         where = non_finite_path(data)
         if where:
             raise ValueError(
@@ -126,14 +132,36 @@ class Publisher:
             )
         message = Message(data, type=type, id=id, retry=retry)
         try:
-            receivers = self._send(channel, message, idempotency_key)
+            receivers = self._send(channels, message, idempotency_key)
         except redis.RedisError as error:
             metrics.publish_failed(error)
             raise
         metrics.published()
         return receivers
 
-    def _send(self, channel: str, message: Message, idempotency_key: str | None) -> int:
+    def _channels(self, channel: str | Iterable[str] | None) -> list[str]:
+        """The channels to publish on, checked; a repeated name counts once."""
+        if channel is None:
+            names = [self.default_channel]
+        elif isinstance(channel, str):
+            names = [channel]
+        else:
+            names = list(dict.fromkeys(channel))
+        if not names:
+            raise ValueError("Cannot publish: the list of channels is empty; name at least one.")
+        if len(names) > MAX_CHANNELS_PER_PUBLISH:
+            raise ValueError(
+                f"Cannot publish on {len(names)} channels in one call: at most "
+                f"{MAX_CHANNELS_PER_PUBLISH}. Split them over several calls."
+            )
+        cluster = is_cluster(self.redis_url)
+        for name in names:
+            problem = channel_problem(name, cluster=cluster)
+            if problem:
+                raise ValueError(f"Cannot publish: {problem}.")
+        return names
+
+    def _send(self, channels: list[str], message: Message, idempotency_key: str | None) -> int:
         """Publish once, trying again after the errors that leave it uncertain."""
         identity = idempotency_key or secrets.token_urlsafe(12)
         if self.history:
@@ -144,16 +172,22 @@ class Publisher:
         attempt = 1
         while True:
             try:
-                _, receivers = history.publish(
-                    channel, payload, self.history, self.history_ttl, identity
+                if len(channels) == 1:
+                    _, receivers = history.publish(
+                        channels[0], payload, self.history, self.history_ttl, identity
+                    )
+                    return receivers
+                published = history.publish_many(
+                    channels, payload, self.history, self.history_ttl, identity
                 )
-                return receivers
+                return sum(receivers for _, receivers in published)
             except UNCERTAIN as error:
                 if attempt >= self.attempts:
                     raise
                 logger.warning(
-                    "Publishing on %r failed (%s: %s); trying again in %.1f s (attempt %d of %d)",
-                    channel, error.__class__.__name__, error, pause, attempt + 1, self.attempts,
+                    "Publishing on %s failed (%s: %s); trying again in %.1f s (attempt %d of %d)",
+                    ", ".join(map(repr, channels)), error.__class__.__name__, error, pause,
+                    attempt + 1, self.attempts,
                 )
             time.sleep(pause)
             pause = min(pause * 2, LONGEST_PAUSE)

@@ -53,8 +53,11 @@ class _RecordingPublisher(Publisher):
         )
         self.events: list[PublishedEvent] = []
 
-    def _send(self, channel: str, message: Message, idempotency_key: str | None) -> int:
-        self.events.append(PublishedEvent(channel, message, idempotency_key))
+    def _send(self, channels: list[str], message: Message, idempotency_key: str | None) -> int:
+        """One recorded event per channel, as each channel's history would hold it."""
+        self.events.extend(
+            PublishedEvent(channel, message, idempotency_key) for channel in channels
+        )
         return 0
 
 
