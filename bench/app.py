@@ -2,7 +2,9 @@
 
 The same file serves both; which ``flask_sse`` it imports is decided by
 ``PYTHONPATH`` (flask-sse 1.0.0 is installed into a folder of its own).
-``BENCH_METRICS`` turns this project's metrics on (``--metrics``).
+``BENCH_METRICS`` turns this project's metrics on (``--metrics``);
+``BENCH_HEAP`` traces the worker's Python allocations and serves them by
+package at ``/heap`` (``bench.memory``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ if os.environ.get("BENCH_METRICS"):  # python -m bench --metrics, this project's
 
     app.config["SSE_METRICS"] = True
     app.add_url_rule("/metrics", view_func=metrics_view)
+if os.environ.get("BENCH_HEAP"):  # python -m bench.memory
+    from bench.memory import heap_view, start_tracing
+
+    start_tracing()
+    app.add_url_rule("/heap", view_func=heap_view)
 app.config["REDIS_URL"] = os.environ["BENCH_REDIS_URL"]
 app.config.from_prefixed_env("BENCH")  # BENCH_SSE_DRAIN_SECONDS=0 sets SSE_DRAIN_SECONDS
 app.register_blueprint(sse, url_prefix="/stream")

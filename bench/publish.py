@@ -37,24 +37,31 @@ async def send(port: int, numbers: range, rate: float, channels: int) -> None:
                 b"Content-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
                 % (channel.encode(), len(body), body)
             )
-            await read_answer(reader, seq)
+            if not await read_answer(reader, seq):  # the server closes this connection
+                writer.close()
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
     finally:
         writer.close()
 
 
-async def read_answer(reader: asyncio.StreamReader, seq: int) -> None:
+async def read_answer(reader: asyncio.StreamReader, seq: int) -> bool:
+    """Read one answer; whether the connection stays open for the next request."""
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     if status >= 300:
         raise SystemExit(f"publish {seq} answered {status}")
-    length = 0
+    length, keep_alive = 0, True
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
+        name = name.strip().lower()
+        if name == b"content-length":
             length = int(value)
-        elif name.strip().lower() == b"transfer-encoding":
+        elif name == b"connection":
+            keep_alive = value.strip().lower() != b"close"
+        elif name == b"transfer-encoding":
             raise SystemExit(f"publish {seq}: a chunked answer, which this reader does not parse")
     await reader.readexactly(length)
+    return keep_alive
 
 
 async def main_async(arguments: argparse.Namespace) -> None:

@@ -208,6 +208,7 @@ error_log {directory / "error.log"} warn;
 events {{ worker_connections 30000; }}
 http {{
     access_log off;
+    keepalive_requests 1000000;  # as gunicorn: no limit on one connection's requests
     {temporary}
     {upstream}
     server {{
