@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 
 import redis
 
-from .servers import ROOT, Server, cpu_seconds
+from .servers import ROOT, Server, cpu_seconds, open_sockets
+
+#: Sockets a server may hold with no stream open (listener, Redis, a publisher's).
+SETTLED_SOCKETS = 50
 
 EVENT = re.compile(rb"data: ?(\d+) (\d+\.\d+)")
 
@@ -198,6 +201,20 @@ def close(subscribers: list[Subscriber]) -> None:
     for subscriber in subscribers:
         if subscriber.transport is not None:
             subscriber.transport.abort()
+
+
+async def settled(server: Server, timeout: float = 120) -> None:
+    """Until the server has let go of the last scenario's streams.
+
+    A server notices a client that left at its next write at the latest
+    (ours within ``SSE_KEEPALIVE``); measuring before then would charge
+    that clean-up to the next scenario.
+    """
+    deadline = time.monotonic() + timeout
+    while open_sockets(server.pid) > SETTLED_SOCKETS:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{server.name} still holds {open_sockets(server.pid)} sockets")
+        await asyncio.sleep(0.1)
 
 
 def percentile(samples: list[float], fraction: float) -> float:

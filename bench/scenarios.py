@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from .load import Tally, close, connect, deliver, losses, percentile
+from .load import Tally, close, connect, deliver, losses, percentile, settled
 from .servers import NCHAN, ROOT, Server, cpu_seconds, rss_kib
 
 
@@ -16,6 +16,7 @@ async def latency(
     server: Server, n: int, rate: float, count: int, admin: redis.Redis
 ) -> dict[str, Any]:
     """N subscribers, ``count`` events at a fixed ``rate``: publish-to-receive latency."""
+    await settled(server)
     tally = Tally(record_latency=True)
     subscribers = await connect(server.port, n, tally, admin)
     run = await deliver(server, subscribers, count, rate)
@@ -32,6 +33,7 @@ async def latency(
 
 async def saturation(server: Server, n: int, count: int, admin: redis.Redis) -> dict[str, Any]:
     """N subscribers, ``count`` events published flat out: deliveries per second."""
+    await settled(server)
     tally = Tally()
     subscribers = await connect(server.port, n, tally, admin)
     run = await deliver(server, subscribers, count, 0)
@@ -45,6 +47,7 @@ async def saturation(server: Server, n: int, count: int, admin: redis.Redis) -> 
 
 async def idle_then_burst(server: Server, n: int, burst: int, admin: redis.Redis) -> dict[str, Any]:
     """N idle streams (memory, Redis connections), one event to all, then a burst."""
+    await settled(server)
     warm = Tally()
     close(await connect(server.port, 1, warm, admin))  # the hub and pools exist before we measure
     rss_before = rss_kib(server.pid)
@@ -81,6 +84,7 @@ async def many_channels(
     (a second worker of ours, so that the subscribing worker's share shows;
     nchan's one worker does both).
     """
+    await settled(subscribing)
     tally = Tally()
     subscribers = await connect(subscribing.port, channels, tally, admin, channels=channels)
     watch = {"redis": redis_pid}

@@ -242,6 +242,17 @@ def delivered_total(port: int) -> float:
     )
 
 
+def open_sockets(pid: int) -> int:
+    """The sockets a process holds: its listener, its Redis links, its clients."""
+    count = 0
+    for entry in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += os.readlink(entry).startswith("socket:")
+        except OSError:
+            pass  # closed meanwhile
+    return count
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
