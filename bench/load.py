@@ -208,8 +208,12 @@ async def settled(server: Server, timeout: float = 120) -> None:
 
     A server notices a client that left at its next write at the latest
     (ours within ``SSE_KEEPALIVE``); measuring before then would charge
-    that clean-up to the next scenario.
+    that clean-up to the next scenario. flask-sse 1.0.0 never does (it
+    keeps a departed client's socket and Redis connection until it next
+    publishes to it), so it is not waited for.
     """
+    if server.name == "flask-sse 1.0.0":
+        return
     deadline = time.monotonic() + timeout
     while open_sockets(server.pid) > SETTLED_SOCKETS:
         if time.monotonic() > deadline:
