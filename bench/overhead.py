@@ -57,11 +57,10 @@ def wait_idle(server: Server, quiet: float = 0.5, timeout: float = 60) -> None:
 
 async def measure(arguments: argparse.Namespace) -> None:
     raise_file_limit()
-    metrics_dir = tempfile.mkdtemp(prefix="bench-metrics-")
     with redis_server() as (redis_url, admin):
         servers = {
             "off": start_server("ours", redis_url),
-            "on": start_server("ours", redis_url, metrics_dir=metrics_dir),
+            "on": start_server("ours", redis_url, metrics=True),
         }
         try:
             for server in servers.values():  # the hub, its pools and the code paths warm
@@ -71,7 +70,6 @@ async def measure(arguments: argparse.Namespace) -> None:
         finally:
             for server in servers.values():
                 server.stop()
-            shutil.rmtree(metrics_dir)
     expected = len(ratios) * arguments.events * arguments.n + WARM_STREAMS * WARM_EVENTS
     print(f"metrics on: {counted:,.0f} deliveries counted (at least {expected:,} expected)")
     if counted < expected:

@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import statistics
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,8 +85,8 @@ async def run_server(
     name: str, redis_url: str, plan: Plan, admin: redis.Redis, metrics: bool = False
 ) -> dict[str, Any]:
     """Every scenario against ``name``; the many-channel ones only where channels are served."""
-    metrics_dir = tempfile.mkdtemp(prefix="bench-metrics-") if metrics and name == "ours" else None
-    server = start_server(name, redis_url, metrics_dir=metrics_dir)
+    counting = metrics and name == "ours"
+    server = start_server(name, redis_url, metrics=counting)
     try:
         results: dict[str, Any] = {}
         rate, events, flat_out = (
@@ -111,14 +109,12 @@ async def run_server(
             )
         if name == "ours" or name in NCHAN:
             results.update(await channel_scenarios(server, redis_url, plan, admin))
-        if metrics_dir is not None:
+        if counting:
             results["metrics"] = {"events_delivered": delivered_total(server.port)}
             print(f"metrics on: {results['metrics']['events_delivered']:,.0f} deliveries counted")
         return results
     finally:
         server.stop()
-        if metrics_dir is not None:
-            shutil.rmtree(metrics_dir)
 
 
 async def channel_scenarios(

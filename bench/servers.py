@@ -94,7 +94,9 @@ class Server:
     port: int
     process: subprocess.Popen[bytes]
     pid: int  # the process that serves: gunicorn's or nginx's worker, or the ceiling itself
-    directory: Path | None = None  # nginx's configuration, logs and temporary files
+    #: the server's temporary files (nginx's configuration and logs, the metrics'
+    #: multiprocess directory), removed by :meth:`stop`
+    directory: Path | None = None
 
     def stop(self) -> None:
         """Quick shutdown (streams are open), and make sure the worker is gone too."""
@@ -114,18 +116,20 @@ def start_server(
     name: str,
     redis_url: str,
     settings: dict[str, str] | None = None,
-    metrics_dir: str | None = None,
+    metrics: bool = False,
 ) -> Server:
     """``name`` on one worker; ``settings`` are ``SSE_*`` keys for ``bench.app``.
 
-    ``metrics_dir``: this project's server counts, into that (empty) directory.
+    ``metrics``: this project's server counts, in prometheus_client's
+    multiprocess mode (a directory of the server's own).
     """
     port = free_port()
     env = {**os.environ, "BENCH_REDIS_URL": redis_url, "PYTHONPATH": str(ROOT)}
     env.update({f"BENCH_{key}": value for key, value in (settings or {}).items()})
-    if metrics_dir is not None:
-        env.update(BENCH_METRICS="1", PROMETHEUS_MULTIPROC_DIR=metrics_dir)
     cwd, directory = ROOT, None
+    if metrics:
+        directory = Path(tempfile.mkdtemp(prefix="bench-metrics-"))
+        env.update(BENCH_METRICS="1", PROMETHEUS_MULTIPROC_DIR=str(directory))
     if name in NCHAN:
         directory = Path(tempfile.mkdtemp(prefix="bench-nchan-"))
         store = redis_url if name == "nchan redis" else None

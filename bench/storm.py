@@ -23,15 +23,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
-from bench.load import percentile
-from bench.servers import ROOT, Server, raise_file_limit, redis_server, start_server
+from bench.load import percentile, publish
+from bench.servers import Server, raise_file_limit, redis_server, start_server
 
 
 @dataclass
@@ -168,12 +167,6 @@ async def open_all(clients: list[Client]) -> None:
     await asyncio.gather(*(one(client) for client in clients))
 
 
-async def publish(port: int, count: int, rate: float) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.publish", str(port), str(count), str(rate), cwd=ROOT
-    )
-
-
 async def count_commands(admin: redis.Redis, samples: list[tuple[float, int]]) -> None:
     """Redis's count of commands processed, every 0.1 s, until cancelled."""
     while True:
@@ -201,7 +194,7 @@ async def move(first: Server, second: Server, admin: redis.Redis, args: Any) -> 
     bystanders = [Client(second.port, second.port, bystander=True) for _ in range(args.bystanders)]
     await open_all(movers + bystanders)
     total = int(args.rate * args.seconds)
-    publisher = await publish(second.port, total, args.rate)
+    publishing = asyncio.ensure_future(publish(second.port, total, args.rate))
     await asyncio.sleep(2)
     commands: list[tuple[float, int]] = []
     counting = asyncio.ensure_future(count_commands(admin, commands))
@@ -216,8 +209,7 @@ async def move(first: Server, second: Server, admin: redis.Redis, args: Any) -> 
     await asyncio.sleep(1)  # the last resumes' commands
     counting.cancel()
     moved_wall = signalled_wall + resumed
-    if await publisher.wait():
-        raise RuntimeError("the publisher failed")
+    await publishing
     deadline = time.monotonic() + 60
     everyone = movers + bystanders
     while any(len(client.seqs) < total for client in everyone) and time.monotonic() < deadline:
