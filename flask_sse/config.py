@@ -10,6 +10,7 @@ import difflib
 import importlib.util
 import logging
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,6 +164,15 @@ def channel_problem(channel: object, *, cluster: bool = False) -> str | None:
             "on Redis Cluster a channel name with '}' needs a hash tag ('{...}') before it, "
             f"got {channel!r}"
         )
+    return None
+
+
+def channels_problem(channels: Iterable[object], *, cluster: bool = False) -> str | None:
+    """What is wrong with the first unusable name of ``channels`` (see :func:`channel_problem`)."""
+    for channel in channels:
+        problem = channel_problem(channel, cluster=cluster)
+        if problem:
+            return problem
     return None
 
 

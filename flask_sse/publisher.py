@@ -17,7 +17,7 @@ import redis
 from flask import json
 
 from . import metrics
-from .config import DEFAULTS, channel_problem, check_redis_url
+from .config import DEFAULTS, channel_problem, channels_problem, check_redis_url
 from .message import EventId, Message, non_finite_path
 from .registry import history_for, is_cluster
 
@@ -154,11 +154,9 @@ class Publisher:
                 f"Cannot publish on {len(names)} channels in one call: at most "
                 f"{MAX_CHANNELS_PER_PUBLISH}. Split them over several calls."
             )
-        cluster = is_cluster(self.redis_url)
-        for name in names:
-            problem = channel_problem(name, cluster=cluster)
-            if problem:
-                raise ValueError(f"Cannot publish: {problem}.")
+        problem = channels_problem(names, cluster=is_cluster(self.redis_url))
+        if problem:
+            raise ValueError(f"Cannot publish: {problem}.")
         return names
 
     def _send(self, channels: list[str], message: Message, idempotency_key: str | None) -> int:

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 from flask import current_app, jsonify, request
 
 from . import access, refusal, signals
-from .config import SSEConfig, channel_problem
+from .config import SSEConfig, channels_problem
 from .history import Position
 from .hub import Hub, HubUnavailable
 from .registry import hub_for, is_cluster
@@ -156,8 +156,5 @@ def _channels_problem(channels: tuple[str, ...], max_channels: int, cluster: boo
             f"Too many channels: {len(channels)} asked for, at most {max_channels} "
             "per connection (SSE_MAX_CHANNELS)."
         )
-    for channel in channels:
-        problem = channel_problem(channel, cluster=cluster)
-        if problem:
-            return f"Bad channel: {problem}."
-    return None
+    problem = channels_problem(channels, cluster=cluster)
+    return f"Bad channel: {problem}." if problem else None
