@@ -29,7 +29,7 @@ import redis.cluster
 from flask import Blueprint, Flask
 from flask.testing import FlaskClient
 
-from flask_sse import Publisher, registry, sse
+from flask_sse import Publisher, refusal, registry, sse
 
 from .browser import Browser
 from .sse_client import TestClientStream, wait_for
@@ -60,9 +60,14 @@ def _our_threads() -> list[threading.Thread]:
 
 @pytest.fixture(autouse=True)
 def _close_hubs() -> Iterator[None]:
-    """Every test ends with no hub, thread or connection of this process left over."""
+    """Every test ends with no hub, thread or connection of this process left over.
+
+    And with no spell of trouble (``refusal.trouble``, process-wide) going on,
+    so that the next test's first refusal waits ``SSE_RETRY``.
+    """
     yield
     registry.close_all()
+    refusal.trouble.ended()
     assert _our_threads() == [], "a flask-sse thread outlived registry.close_all()"
 
 
