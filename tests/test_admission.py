@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask_sse.admission import Admission
 
-from .conftest import Clock, MakeApp
+from .conftest import Clock, MakeApp, OpenClientStream
 
 
 def test_new_streams_get_the_top_half_of_a_second_and_resumes_the_rest() -> None:
@@ -19,12 +19,14 @@ def test_new_streams_get_the_top_half_of_a_second_and_resumes_the_rest() -> None
     assert sum(admission.admit(resuming=True) for _ in range(20)) == 10
 
 
-def test_past_the_rate_a_browser_is_asked_to_come_back(make_app: MakeApp) -> None:
+def test_past_the_rate_a_browser_is_asked_to_come_back(
+    make_app: MakeApp, client_stream: OpenClientStream
+) -> None:
     app = make_app(SSE_ADMISSION_RATE=2)
     client = app.test_client()
     browser = {"Accept": "text/event-stream"}
-    opened = client.get("/stream?channel=a", headers=browser, buffered=False)
-    assert opened.status_code == 200 and opened.mimetype == "text/event-stream"
+    opened = client_stream("/stream?channel=a", headers=browser, client=client)
+    assert opened.response.mimetype == "text/event-stream"
     opened.close()
     refused = client.get("/stream?channel=a", headers=browser)
     assert refused.status_code == 200
@@ -32,8 +34,7 @@ def test_past_the_rate_a_browser_is_asked_to_come_back(make_app: MakeApp) -> Non
     assert body.startswith("retry:") and "SSE_ADMISSION_RATE" in body and "id:" not in body
     other = client.get("/stream?channel=a")
     assert other.status_code == 503 and "SSE_ADMISSION_RATE" in other.get_json()["error"]
-    resumed = client.get(
-        "/stream?channel=a", headers={**browser, "Last-Event-ID": "0-0"}, buffered=False
+    resumed = client_stream(
+        "/stream?channel=a", headers={**browser, "Last-Event-ID": "0-0"}, client=client
     )
-    assert resumed.status_code == 200 and b"retry:3000" in next(resumed.response)  # type: ignore[call-overload]
-    resumed.close()
+    assert "retry:3000" in resumed.read_chunk()

@@ -18,8 +18,9 @@ import pytest
 from flask_sse import Publisher
 
 from .browser import Browser
-from .conftest import ROOT, Gunicorn, SteadyPublisher
+from .conftest import Gunicorn, SteadyPublisher
 from .sse_client import wait_for
+from .test_docs import block
 
 pytestmark = pytest.mark.integration
 
@@ -136,8 +137,7 @@ def test_the_documented_token_renewal_loses_nothing(
     steady_publisher: Callable[..., SteadyPublisher],
 ) -> None:
     """docs/security.md's ``listen()``: tokens of a second, streams ended every second."""
-    snippet = (ROOT / "docs" / "security.md").read_text().split("```js\n// A page on another origin")[1]
-    snippet = "// A page on another origin" + snippet.split("```")[0]
+    snippet = block("docs/security.md", "// A page on another origin", "js")
     server = gunicorn(redis_url, SSE_MAX_AGE=1, SSE_RETRY=100, SSE_KEEPALIVE=0.5)
     browser.open(f"http://127.0.0.1:{server.port}/pid")
     browser.run(COUNT_FETCHES)

@@ -99,7 +99,7 @@ def test_the_presence_webhooks_example(app: Flask, client_stream: OpenClientStre
     assert webhooks.sent == [("channel_occupied", "room"), ("channel_vacated", "room")]
 
 
-def test_the_before_request_example(memory_url: str) -> None:
+def test_the_before_request_example(memory_url: str, client_stream: OpenClientStream) -> None:
     app = Flask(__name__)
     app.config.update(SSE_REDIS_URL=memory_url, SECRET_KEY="test")
     run(block("docs/security.md", "def staff_only():"), app=app)
@@ -107,12 +107,10 @@ def test_the_before_request_example(memory_url: str) -> None:
     assert client.get("/events?channel=staff").status_code == 403
     with client.session_transaction() as session:
         session["staff"] = True
-    response = client.get("/events?channel=staff", buffered=False)
-    assert response.status_code == 200
-    response.close()
+    client_stream("/events?channel=staff", client=client).close()
 
 
-def test_the_authorize_example(memory_url: str) -> None:
+def test_the_authorize_example(memory_url: str, client_stream: OpenClientStream) -> None:
     app = Flask(__name__)
     app.config.update(SSE_REDIS_URL=memory_url, SECRET_KEY="test")
     code = block("docs/security.md", "@sse.authorize").replace("from flask_sse import sse\n", "")
@@ -121,22 +119,19 @@ def test_the_authorize_example(memory_url: str) -> None:
     assert client.get("/stream?channel=private-user-42").status_code == 403
     with client.session_transaction() as session:
         session["user_id"] = 42
-    response = client.get("/stream?channel=news&channel=private-user-42", buffered=False)
-    assert response.status_code == 200
-    response.close()
+    client_stream("/stream?channel=news&channel=private-user-42", client=client).close()
     assert client.get("/stream?channel=private-user-7").status_code == 403
 
 
-def test_the_cors_example(memory_url: str) -> None:
+def test_the_cors_example(memory_url: str, client_stream: OpenClientStream) -> None:
     app = Flask(__name__)
     app.config.update(SSE_REDIS_URL=memory_url)
     app.register_blueprint(sse, url_prefix="/stream")
     run(block("docs/security.md", "CORS(app"), app=app)
     origin = "https://app.example.com"
-    response = app.test_client().get("/stream", headers={"Origin": origin}, buffered=False)
-    assert response.headers["Access-Control-Allow-Origin"] == origin
-    assert response.headers["Access-Control-Allow-Credentials"] == "true"
-    response.close()
+    stream = client_stream("/stream", headers={"Origin": origin}, client=app.test_client())
+    assert stream.response.headers["Access-Control-Allow-Origin"] == origin
+    assert stream.response.headers["Access-Control-Allow-Credentials"] == "true"
 
 
 def test_the_testing_example_is_a_complete_test_module(tmp_path: Path) -> None:

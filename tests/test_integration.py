@@ -10,12 +10,10 @@ import time
 from collections.abc import Callable
 
 import pytest
-from itsdangerous import URLSafeSerializer
-
-from flask_sse.access import SALT
 
 from .conftest import Gunicorn, RedisServer, free_port
 from .sse_client import StreamClient, datas, open_stream, wait_for
+from .test_access import token
 
 pytestmark = pytest.mark.integration
 
@@ -239,8 +237,7 @@ def test_the_example_app_under_several_gevent_workers(gunicorn: Start, redis_url
 
 def expired_token(channel: str) -> str:
     """A token ``tests.serve`` signed for ``channel``, expired a minute ago."""
-    signer = URLSafeSerializer("a secret for the tests only", salt=SALT)
-    return signer.dumps({"c": [channel], "e": time.time() - 60})
+    return token([channel], time.time() - 60, "a secret for the tests only")
 
 
 def test_private_channels_through_a_real_server(gunicorn: Start, redis_url: str, redis_server: RedisServer) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import redis
 from flask import Flask
@@ -13,7 +11,7 @@ from flask_sse.history import REMEMBERED_WITHOUT_HISTORY, History
 from flask_sse.registry import redis_client
 from flask_sse.testing import captured_events, read_events
 
-from .conftest import MakeApp
+from .conftest import MakeApp, OpenClientStream
 
 
 def test_a_key_published_twice_is_stored_and_delivered_once(app: Flask) -> None:
@@ -29,20 +27,19 @@ def test_a_key_published_twice_is_stored_and_delivered_once(app: Flask) -> None:
     assert [message.data for message in sports] == ["elsewhere"]
 
 
-def test_without_history_a_repeated_key_is_published_once(make_app: MakeApp) -> None:
+def test_without_history_a_repeated_key_is_published_once(
+    make_app: MakeApp, client_stream: OpenClientStream
+) -> None:
     app = make_app(SSE_HISTORY=0)
-    with app.test_client() as client:
-        response = client.get("/stream?channel=live", buffered=False)
-        chunks: Iterator[bytes] = iter(response.response)  # type: ignore[arg-type]
-        next(chunks)  # the opening
-        with app.app_context():
-            sse.publish("once", channel="live", id=7, idempotency_key="k")
-            sse.publish("twice?", channel="live", id=7, idempotency_key="k")
-            sse.publish("end", channel="live")
-        text = ""
-        while "end" not in text:
-            text += next(chunks).decode()
-        response.close()
+    stream = client_stream("/stream?channel=live", client=app.test_client())
+    stream.read_chunk()  # the opening
+    with app.app_context():
+        sse.publish("once", channel="live", id=7, idempotency_key="k")
+        sse.publish("twice?", channel="live", id=7, idempotency_key="k")
+        sse.publish("end", channel="live")
+    text = ""
+    while "end" not in text:
+        text += stream.read_chunk()
     assert text == "data:once\nid:7\n\ndata:end\n\n"
 
 
