@@ -10,6 +10,7 @@ renews its token through ``tokenUrl`` at every reconnect.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -58,9 +59,11 @@ def test_three_tabs_share_one_stream_and_each_gets_its_own_channels(
 ) -> None:
     server = gunicorn(redis_url, SSE_KEEPALIVE=0.5)
     page = f"http://127.0.0.1:{server.port}/pid"
-    tabs = {"a": open_tab(browser, page, ["a"], first=True)}
-    tabs["b"] = open_tab(browser, page, ["b"])
-    tabs["c"] = open_tab(browser, page, ["c", "a"])
+    wanted = {"a": ["a"], "b": ["b"], "c": ["c", "a"]}  # each tab's channels
+    tabs = {
+        name: open_tab(browser, page, channels, first=name == "a")
+        for name, channels in wanted.items()
+    }
     for handle in tabs.values():
         browser.switch_to(handle)
         wait_for(lambda: browser.run(_STATE)["state"] == "open", what="the tab's stream")
@@ -69,13 +72,10 @@ def test_three_tabs_share_one_stream_and_each_gets_its_own_channels(
     for number in range(5):
         for channel in "abc":
             publisher.publish(f"{channel}{number}", channel=channel)
-    expected = {
-        "b": {"b": [f"b{n}" for n in range(5)]},
-        "c": {"c": [f"c{n}" for n in range(5)], "a": [f"a{n}" for n in range(5)]},
-    }
+    sent = {channel: [f"{channel}{n}" for n in range(5)] for channel in "abc"}
     for name, handle in tabs.items():
         browser.switch_to(handle)
-        want = expected.get(name, {"a": [f"a{n}" for n in range(5)]})
+        want = {channel: sent[channel] for channel in wanted[name]}
         count = 5 * len(want)
         wait_for(lambda: sum(map(len, browser.run(_SEEN)["events"].values())) >= count,  # noqa: B023
                  what=f"tab {name}'s events")
@@ -88,6 +88,24 @@ def numbers(seen: dict[str, Any], channel: str) -> list[Any]:
     """The data of ``channel``'s events in a tab, in the order they came."""
     values: list[Any] = seen["events"].get(channel, [])
     return values
+
+
+def every_event_once(
+    read: Callable[[], dict[str, Any]], channel: str, published: int, first_at_most: Any
+) -> list[Any]:
+    """``channel``'s events in a tab (``read`` gives what it saw) once its last has come.
+
+    Asserts each came once and in order, the first by ``first_at_most``.
+    """
+
+    def complete() -> list[Any]:
+        got = numbers(read(), channel)
+        return got if got[-1:] == [published - 1] else []
+
+    got = wait_for(complete, what=f"the last {channel!r} event")
+    assert got == list(range(got[0], published)), (channel, got[:5])
+    assert got[0] <= first_at_most, (channel, got[0])
+    return got
 
 
 def test_the_leaders_tab_closes_and_the_others_carry_on_with_every_event_once(
@@ -113,12 +131,7 @@ def test_the_leaders_tab_closes_and_the_others_carry_on_with_every_event_once(
     published = steady.finish()
     for tab, channels in zip(followers, (["news"], ["news", "sport"]), strict=True):
         for channel in channels:
-            wait_for(lambda: numbers(_seen(browser, tab), channel)[-1:] == [published[channel] - 1],  # noqa: B023
-                     what=f"the last {channel} event")
-            got = numbers(_seen(browser, tab), channel)
-            # every event once, in order, from the tab's first on
-            assert got == list(range(got[0], published[channel])), (tab, channel)
-            assert got[0] <= 1
+            got = every_event_once(partial(_seen, browser, tab), channel, published[channel], 1)
             print(f"hand-off: a tab got {len(got)} of {published[channel]} {channel} events, "
                   f"{len(got) - len(set(got))} twice")
     wait_for(lambda: server.count("/streams") == 1, what="one stream on the server")
@@ -165,18 +178,11 @@ def test_channels_change_at_run_time_without_losing_or_repeating_events(
     wait_for(lambda: len(numbers(browser.run(_SEEN), "late")) >= 10, what="the other tab's new channel")
     published = steady.finish()
 
-    def complete(tab: str, channel: str) -> list[int]:
-        got = numbers(_seen(browser, tab), channel)
-        return got if got[-1:] == [published[channel] - 1] else []
-
-    stays = wait_for(lambda: complete(first, "stays"), what="all of 'stays'")
-    assert stays == list(range(stays[0], published["stays"])) and stays[0] <= 1
-    joins = wait_for(lambda: complete(first, "joins"), what="all of 'joins'")
-    assert joins == list(range(joins[0], published["joins"])) and joins[0] <= joined_at
-    late = wait_for(lambda: complete(second, "late"), what="all of 'late'")
-    assert late == list(range(late[0], published["late"])) and late[0] <= late_at
-    other = wait_for(lambda: complete(second, "other"), what="all of 'other'")
-    assert other == list(range(other[0], published["other"])) and other[0] <= 1
+    in_first, in_second = partial(_seen, browser, first), partial(_seen, browser, second)
+    stays = every_event_once(in_first, "stays", published["stays"], 1)
+    joins = every_event_once(in_first, "joins", published["joins"], joined_at)
+    late = every_event_once(in_second, "late", published["late"], late_at)
+    other = every_event_once(in_second, "other", published["other"], 1)
     leaves = numbers(_seen(browser, first), "leaves")
     assert leaves == list(range(leaves[0], leaves[0] + len(leaves)))  # no gap or repeat until it left
     assert len(leaves) == left_with  # and nothing after
@@ -243,8 +249,5 @@ def test_a_cross_origin_page_renews_its_token_through_several_reconnects(
 
     wait_for(lambda: opens() >= 5, timeout=20, what="five streams, past three token lifetimes")
     published = steady.finish()
-    wait_for(lambda: numbers(browser.run(_SEEN), "private-ann")[-1:] == [published["private-ann"] - 1],
-             what="the last event")
-    got = numbers(browser.run(_SEEN), "private-ann")
-    assert got == list(range(got[0], published["private-ann"])) and got[0] <= 1
+    every_event_once(lambda: browser.run(_SEEN), "private-ann", published["private-ann"], 1)
     assert not [state for state in browser.run(_SEEN)["states"] if state["state"] == "closed"]
