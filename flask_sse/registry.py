@@ -206,12 +206,23 @@ def _memory_client(url: str) -> redis.Redis:
 
 def _forget_parent_state() -> None:
     """In a forked child: drop the parent's clients and hubs without closing them."""
-    global _lock, _sigterm_installed
-    _lock = threading.Lock()
+    global _sigterm_installed
+    renew_lock()
     _clients.clear()
     _histories.clear()
     _hubs.clear()
     _sigterm_installed = False
+
+
+def renew_lock() -> None:
+    """A new lock for the registry: once gevent has patched ``threading``, a gevent lock.
+
+    A lock made before the patch (this module imported by gunicorn's master,
+    as ``--preload`` or ``flask_sse.worker`` do) blocks the whole process
+    while another greenlet holds it. Only while no other thread uses it.
+    """
+    global _lock
+    _lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_parent_state)

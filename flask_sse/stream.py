@@ -24,14 +24,14 @@ from collections.abc import Callable, Generator
 
 import redis
 
-from . import metrics, registry
+from . import handover, metrics, registry
 from .config import SSEConfig
 from .delivery import Delivery, from_history
 from .history import History, Position, format_position, parse_position
 from .hub import Hub
 from .refusal import jittered
 from .subscription import CloseReason, Subscription
-from .transport import Transport
+from .transport import DirectWriter, Transport
 
 logger = logging.getLogger("flask_sse")
 
@@ -149,12 +149,7 @@ def event_stream(
 
     ``history`` is ``None`` when ``SSE_HISTORY`` is 0: ids then pass through
     as publishers gave them. ``resume`` replays what history holds after
-    ``positions`` before going live.
-
-    Timing: the stream asks to be woken for its next keepalive (after
-    ``SSE_KEEPALIVE`` of silence), its next look at whether the client is
-    still there (every ``SSE_KEEPALIVE``, however busy the channel), and its
-    ``SSE_MAX_AGE``, whichever comes first.
+    ``positions`` before going live (see :class:`LiveStream`).
     """
     channels = subscription.channels
     opening = f"retry:{config.retry}\n"
@@ -177,62 +172,112 @@ def event_stream(
         # a backlog's only deliveries without a position are its resets
         resets = sum(1 for delivery in backlog if delivery.position is None)
         metrics.resumed(count - resets, resets)
-    keepalive = config.keepalive
-    now = time.monotonic()
-    deadline = now + config.max_age if config.max_age else math.inf
-    last_write, next_check = now, now + keepalive
-    # Events written but not yet counted: a busy stream writes chunks of one or
-    # two events thousands of times a second, and each update of a metric costs
-    # about what a delivery does, so the count is added at most once a second
-    # (and before a keepalive, and when the stream ends).
-    uncounted, counted_at = 0, now
-    direct = None
-    if config.direct_write:
-        direct = transport.direct_writer(subscription, history is not None, positions, yielded)
-    subscription.write_directly_with(direct)
+    live = LiveStream(subscription, config, history is not None, positions, transport, yielded)
+    if handover.hand_over(live, transport, yielded):
+        return  # the hub's side writes to the client from now on
     try:
         while True:
-            subscription.wake_at(min(last_write + keepalive, next_check, deadline))
-            deliveries = subscription.wait()
-            if direct is not None and not direct.flush():
-                return  # the client is gone (the default reason)
-            if subscription.ended:
-                if subscription.end_reason is CloseReason.SHUTDOWN and config.drain_seconds:
-                    yield f"retry:{jittered(config.retry)}\n\n".encode()
+            subscription.wake_at(live.next_wake())
+            chunk, done = live.turn(subscription.wait())
+            if chunk:
+                yield chunk
+            if done:
                 return
-            if deliveries:
-                if history is None:
-                    chunk = b"".join([delivery.chunk for delivery in deliveries])
-                    count = len(deliveries)
-                else:
-                    chunk, count = _render(deliveries, channels, positions)
-                if chunk:
-                    yield chunk
-                    uncounted += count
-                    last_write = time.monotonic()
-            now = time.monotonic()
-            if uncounted and now - counted_at >= COUNT_EVERY:
-                metrics.written(uncounted)
-                uncounted, counted_at = 0, now
-            if now >= deadline:
-                subscription.end(CloseReason.MAX_AGE)
-                return  # also on a busy stream; what is queued resumes from history
-            if now >= next_check:
-                if transport.client_gone():
-                    return
-                next_check = now + keepalive
-            if direct is not None:
-                last_write = max(last_write, direct.last_write)
-            if now - last_write >= keepalive:
-                if uncounted:
-                    metrics.written(uncounted)
-                    uncounted, counted_at = 0, now
-                yield KEEPALIVE
-                last_write = now
     finally:
-        subscription.write_directly_with(None)
-        if uncounted:
-            metrics.written(uncounted)
+        live.finish()
+
+
+class LiveStream:
+    """The live part of one stream: what each wake-up writes, and when to wake next.
+
+    Driven by the stream's body while the server's request serves it, or by
+    :class:`~flask_sse.handover.ParkedStream` once the request has handed the
+    stream over. Either way, one caller at a time.
+
+    Timing: the stream asks to be woken for its next keepalive (after
+    ``SSE_KEEPALIVE`` of silence), its next look at whether the client is
+    still there (every ``SSE_KEEPALIVE``, however busy the channel), and its
+    ``SSE_MAX_AGE``, whichever comes first.
+    """
+
+    __slots__ = ("subscription", "direct", "_history", "_positions", "_transport", "_keepalive",
+                 "_drain_retry", "_deadline", "_last_write", "_next_check", "_uncounted",
+                 "_counted_at")
+
+    def __init__(
+        self, subscription: Subscription, config: SSEConfig, history: bool,
+        positions: dict[str, Position], transport: Transport, yielded: int,
+    ) -> None:
+        self.subscription = subscription
+        self._history = history
+        self._positions = positions
+        self._transport = transport
+        self._keepalive = config.keepalive
+        #: the ``retry:`` to send when a drain ends the stream (``None``: no drain)
+        self._drain_retry = config.retry if config.drain_seconds else None
+        now = time.monotonic()
+        self._deadline = now + config.max_age if config.max_age else math.inf
+        self._last_write, self._next_check = now, now + config.keepalive
+        # Events written but not yet counted: a busy stream writes chunks of one or
+        # two events thousands of times a second, and each update of a metric costs
+        # about what a delivery does, so the count is added at most once a second
+        # (and before a keepalive, and when the stream ends).
+        self._uncounted, self._counted_at = 0, now
+        self.direct: DirectWriter | None = None
+        if config.direct_write:
+            self.direct = transport.direct_writer(subscription, history, positions, yielded)
+        subscription.write_directly_with(self.direct)
+
+    def next_wake(self) -> float:
+        return min(self._last_write + self._keepalive, self._next_check, self._deadline)
+
+    def turn(self, deliveries: list[Delivery]) -> tuple[bytes, bool]:
+        """What to write after a wake-up that brought ``deliveries``; True: end after it."""
+        subscription = self.subscription
+        direct = self.direct
+        if direct is not None and not direct.flush():
+            return b"", True  # the client is gone (the default reason)
+        if subscription.ended:
+            if subscription.end_reason is CloseReason.SHUTDOWN and self._drain_retry is not None:
+                return f"retry:{jittered(self._drain_retry)}\n\n".encode(), True
+            return b"", True
+        chunk = b""
+        if deliveries:
+            if self._history:
+                chunk, count = _render(deliveries, subscription.channels, self._positions)
+            else:
+                chunk = b"".join([delivery.chunk for delivery in deliveries])
+                count = len(deliveries)
+            if chunk:
+                self._uncounted += count
+                self._last_write = time.monotonic()
+        now = time.monotonic()
+        if self._uncounted and now - self._counted_at >= COUNT_EVERY:
+            self._count(now)
+        if now >= self._deadline:
+            subscription.end(CloseReason.MAX_AGE)
+            return chunk, True  # also on a busy stream; what is queued resumes from history
+        if now >= self._next_check:
+            if self._transport.client_gone():
+                return chunk, True
+            self._next_check = now + self._keepalive
+        if direct is not None:
+            self._last_write = max(self._last_write, direct.last_write)
+        if now - self._last_write >= self._keepalive:
+            self._count(now)
+            self._last_write = now
+            return chunk + KEEPALIVE, False
+        return chunk, False
+
+    def finish(self) -> None:
+        """The stream has ended: no more direct writes, and its last events counted."""
+        self.subscription.write_directly_with(None)
+        self._count(time.monotonic())
+
+    def _count(self, now: float) -> None:
+        if self._uncounted:
+            metrics.written(self._uncounted)
+        self._uncounted, self._counted_at = 0, now
 
 
 def channel_events(

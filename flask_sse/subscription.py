@@ -5,7 +5,9 @@ Who calls what, from which thread:
 - the hub's link readers call :meth:`Subscription.deliver`;
 - the client's own thread (its greenlet under gevent) calls
   :meth:`Subscription.wait` and :meth:`Subscription.wake_at`, and reads
-  :attr:`Subscription.ended`;
+  :attr:`Subscription.ended`; a stream handed over by its request has no
+  thread of its own: it is called back instead (:meth:`Subscription.call_on_wake`),
+  and its turns call :meth:`Subscription.take` and :meth:`Subscription.sleep`;
 - the scheduler calls :meth:`Subscription.wake` when the time asked for
   with :meth:`~Subscription.wake_at` has come;
 - any thread may call :meth:`Subscription.end`: the first reason given is
@@ -62,7 +64,7 @@ class Subscription:
 
     __slots__ = (
         "channels", "due", "scheduled_at", "_scheduler", "_queue", "_limit", "_wakeup",
-        "_sleeping", "_on_overflow", "_direct_write", "_reason",
+        "_sleeping", "_on_overflow", "_direct_write", "_reason", "_on_wake",
     )
 
     def __init__(
@@ -87,6 +89,7 @@ class Subscription:
         self._on_overflow = on_overflow
         self._direct_write: DirectWrite | None = None
         self._reason: CloseReason | None = None
+        self._on_wake: Callable[[], None] | None = None
 
     # -- the hub's side ------------------------------------------------------
 
@@ -105,7 +108,7 @@ class Subscription:
                 self._on_overflow()
             return False
         queue.append(delivery)
-        self._wakeup.set()
+        self._signal()
         return False
 
     # -- the client's side ---------------------------------------------------
@@ -122,6 +125,27 @@ class Subscription:
                 self._sleeping = False
         return [queue.popleft() for _ in range(len(queue))]
 
+    def take(self) -> list[Delivery]:
+        """Everything queued, oldest first, without waiting (a stream called back on wake-ups)."""
+        self._sleeping = False
+        queue = self._queue
+        return [queue.popleft() for _ in range(len(queue))]
+
+    def sleep(self) -> bool:
+        """Offer the next deliveries to the direct writer until the next wake-up.
+
+        False, without sleeping, if something is queued or the stream has ended
+        meanwhile: take that first. For a stream called back on wake-ups.
+        """
+        if self._queue or self._reason is not None:
+            return False
+        self._sleeping = True
+        return True
+
+    def call_on_wake(self, on_wake: Callable[[], None]) -> None:
+        """Call ``on_wake`` instead of waking a waiting thread: the stream has none any more."""
+        self._on_wake = on_wake
+
     def wake_at(self, when: float) -> None:
         """Wake the client's thread at ``when`` (``time.monotonic()``) if nothing comes."""
         self.due = when
@@ -134,13 +158,20 @@ class Subscription:
     # -- any thread ----------------------------------------------------------
 
     def wake(self) -> None:
-        self._wakeup.set()
+        self._signal()
 
     def end(self, reason: CloseReason) -> None:
         """Ask the stream to end now, for ``reason`` (the first reason given wins)."""
         if self._reason is None:
             self._reason = reason
-        self._wakeup.set()
+        self._signal()
+
+    def _signal(self) -> None:
+        on_wake = self._on_wake
+        if on_wake is None:
+            self._wakeup.set()
+        else:
+            on_wake()
 
     @property
     def ended(self) -> bool:

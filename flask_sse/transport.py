@@ -13,6 +13,12 @@ body the view made (no ``after_request`` hook replaced it, no
 ``Content-Encoding``, no middleware in between), and every byte the stream
 has yielded so far must have reached ``gunicorn`` unchanged. Otherwise, or
 with ``SSE_DIRECT_WRITE = False``, every event goes through WSGI.
+
+Under the same conditions, a worker that parks streams
+(``flask_sse.worker.GeventWorker``) lets the request end once the stream is
+established: :meth:`Transport.take_socket` gives the stream a socket of its
+own and tells ``gunicorn`` to let go of the connection without ending the
+response (see ``handover.py``).
 """
 
 from __future__ import annotations
@@ -83,18 +89,35 @@ def sibling_workers() -> int:
         return 0
 
 
+#: The WSGI environ key under which a worker that parks streams puts its
+#: :class:`~flask_sse.handover.ParkedStreams`.
+PARKING = "flask_sse.parking"
+
+
 class Transport:
     """One stream's view of its server: the client's socket, and the way out."""
 
-    def __init__(self, client: socket.socket | None) -> None:
-        #: the client's socket, when the server exposes it
+    def __init__(self, client: socket.socket | None, parking: Any = None) -> None:
+        #: the client's socket, when the server exposes it (the stream's own once handed over)
         self.client = client
+        #: the worker's parked streams, when the worker parks them
+        self.parking = parking
+        #: releases the stream's subscription; set by the view, called once the stream ends
+        self.release: Callable[[], None] | None = None
+        #: True once the request has handed the stream over (its end releases it then)
+        self.handed_over = False
         #: gunicorn's response object, once the body is known to reach it untouched
         self._server_response: Any = None
 
     @classmethod
     def from_environ(cls, environ: dict[str, Any]) -> Transport:
-        return cls(environ.get("gunicorn.socket") or environ.get("werkzeug.socket"))
+        client = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
+        return cls(client, environ.get(PARKING))
+
+    def response_closed(self) -> None:
+        """The server closed the response: release the stream, unless it was handed over."""
+        if not self.handed_over and self.release is not None:
+            self.release()
 
     def client_gone(self) -> bool:
         """True if the client closed its end; checked without reading its data.
@@ -164,6 +187,33 @@ class Transport:
             return None
         return DirectWriter(subscription, client, history, positions)
 
+    def take_socket(self, yielded: int) -> socket.socket | None:
+        """The client's connection as a socket of the stream's own, if it may be handed over.
+
+        Only under a worker that parks streams, and only where a direct write
+        would be allowed (``yielded`` as for :meth:`direct_writer`). gunicorn
+        is told to end the request without ending the response: no last
+        chunk, and it closes only its own descriptor of the connection.
+        """
+        server_response = self._server_response
+        if self.parking is None or server_response is None:
+            return None
+        if not server_response.chunked or server_response.sent != yielded:
+            return None
+        try:
+            fd = server_response.sock.fileno()
+            if os.get_blocking(fd) or isinstance(server_response.sock, ssl.SSLSocket):
+                return None
+            own = socket.socket(fileno=os.dup(fd))
+        except (OSError, ValueError):
+            return None
+        server_response.chunked = False  # gunicorn's close() writes no last chunk
+        server_response.must_close = True  # and it keeps no connection alive for more requests
+        self._server_response = None  # nor any of the request's objects
+        self.client = own
+        self.handed_over = True
+        return own
+
 
 class EventStreamResponse(Response):
     """The stream's response: tells its transport whether the body may be bypassed."""
@@ -188,14 +238,22 @@ class EventStreamResponse(Response):
 _last_framed: tuple[Delivery | None, bytes] = (None, b"")
 
 
+def frame(chunk: bytes) -> bytes:
+    """``chunk`` as one HTTP/1.1 chunk."""
+    return b"%X\r\n%s\r\n" % (len(chunk), chunk)
+
+
+#: The end of a chunked HTTP/1.1 response.
+LAST_CHUNK = b"0\r\n\r\n"
+
+
 def http_chunk(delivery: Delivery) -> bytes:
     """The event as one HTTP/1.1 chunk (built once per event, not once per client)."""
     global _last_framed
     last = _last_framed
     if last[0] is delivery:
         return last[1]
-    chunk = delivery.chunk
-    framed = b"%X\r\n%s\r\n" % (len(chunk), chunk)
+    framed = frame(delivery.chunk)
     _last_framed = (delivery, framed)
     return framed
 
@@ -259,6 +317,11 @@ class DirectWriter:
             self.remainder = framed[sent:]
             self._subscription.wake()
         return True
+
+    def move_to(self, client: socket.socket) -> None:
+        """Write to ``client`` from now on (the stream's own socket, once handed over)."""
+        self._client = client
+        self._fd = client.fileno()
 
     def flush(self) -> bool:
         """Send what the hub could not (from the stream's thread); False if the client is gone."""

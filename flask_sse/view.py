@@ -77,7 +77,8 @@ def stream_view(authorize: access.Authorizer | None) -> Any:
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    response.call_on_close(partial(_closed, app, hub, subscription))
+    transport.release = partial(_closed, app, hub, subscription)
+    response.call_on_close(transport.response_closed)
     signals.stream_opened.send(app, channels=channels)
     for channel in occupied:
         signals.channel_occupied.send(app, channel=channel)
@@ -85,7 +86,7 @@ def stream_view(authorize: access.Authorizer | None) -> Any:
 
 
 def _closed(app: Any, hub: Hub, subscription: Subscription) -> None:
-    """The response is closed: release the subscription, tell the receivers.
+    """The stream has ended: release the subscription, tell the receivers.
 
     By now the request's context is gone, so the signals are sent with the
     app's context pushed: receivers may use ``current_app``,

@@ -416,9 +416,18 @@ def browser() -> Iterator[Browser]:
     started.close()
 
 
+#: The worker classes a stream is served by: gunicorn's gevent worker, and the
+#: package's, which parks established streams (``flask_sse.worker``).
+WORKERS = {"gevent": "gevent", "parking": "flask_sse.worker.GeventWorker"}
+
+
 @pytest.fixture
-def gunicorn() -> Iterator[Callable[..., Gunicorn]]:
-    """Start an app (``tests.serve:app``) under ``gunicorn -k gevent`` (one worker)."""
+def gunicorn(request: pytest.FixtureRequest) -> Iterator[Callable[..., Gunicorn]]:
+    """Start an app (``tests.serve:app``) under ``gunicorn -k gevent`` (one worker).
+
+    Parametrized indirectly with a key of :data:`WORKERS`, under that worker class.
+    """
+    worker = WORKERS[getattr(request, "param", "gevent")]
     started: list[Gunicorn] = []
 
     def start(
@@ -442,7 +451,7 @@ def gunicorn() -> Iterator[Callable[..., Gunicorn]]:
             **(env or {}),
         }
         command = [
-            sys.executable, "-m", "gunicorn", "-k", "gevent", *options,
+            sys.executable, "-m", "gunicorn", "-k", worker, *options,
             "--worker-connections", "2000", "--graceful-timeout", "2",
             "-b", f"127.0.0.1:{port}", app,
         ]

@@ -21,6 +21,7 @@ from flask_cors import CORS
 from flask_sse import ServerSentEventsBlueprint, send_event, sse
 from flask_sse.metrics import metrics_view
 from flask_sse.registry import hub_for
+from flask_sse.transport import PARKING
 
 private = ServerSentEventsBlueprint("private", __name__)
 
@@ -80,6 +81,11 @@ def create_app() -> Flask:
     def streams() -> dict[str, int]:
         """The streams this worker holds open now, on every channel."""
         return {"count": hub_for(app.config["SSE_REDIS_URL"]).streams}
+
+    @app.get("/parked")
+    def parked() -> dict[str, int]:
+        """The streams this worker has parked (``flask_sse.worker.GeventWorker``)."""
+        return {"count": len(request.environ.get(PARKING) or ())}
 
     @app.get("/token")
     def token() -> dict[str, str] | tuple[dict[str, str], int]:

@@ -18,6 +18,8 @@ from .test_access import token
 pytestmark = pytest.mark.integration
 
 Start = Callable[..., Gunicorn]
+#: Run a test under gunicorn's gevent worker and under the one that parks streams.
+both_workers = pytest.mark.parametrize("gunicorn", ["gevent", "parking"], indirect=True)
 
 
 def redis_ports_of(pid: int, redis_port: int) -> set[int]:
@@ -50,6 +52,7 @@ def connections_redis_sees(redis_server: RedisServer, pid: int) -> int:
     return sum(1 for address in addresses if int(address.rsplit(":", 1)[1]) in ports)
 
 
+@both_workers
 def test_both_apis_and_a_raw_publish_reach_every_subscribed_channel(
     gunicorn: Start, redis_url: str, redis_server: RedisServer
 ) -> None:
@@ -82,6 +85,7 @@ def test_both_apis_and_a_raw_publish_reach_every_subscribed_channel(
         assert datas(only_b.events(2)) == ["x\ny", "from redis-cli"]
 
 
+@both_workers
 def test_keepalive_comment_on_a_silent_stream(gunicorn: Start, redis_url: str) -> None:
     server = gunicorn(redis_url, SSE_KEEPALIVE=0.3)
     with open_stream(server, "channel=quiet") as stream:
@@ -90,6 +94,7 @@ def test_keepalive_comment_on_a_silent_stream(gunicorn: Start, redis_url: str) -
         assert stream.parser.events == []
 
 
+@both_workers
 def test_redis_connections_stay_constant_from_1_to_300_subscribers(
     gunicorn: Start, redis_url: str, redis_server: RedisServer
 ) -> None:
@@ -113,6 +118,7 @@ def test_redis_connections_stay_constant_from_1_to_300_subscribers(
             stream.close()
 
 
+@both_workers
 def test_closed_clients_are_released_within_the_keepalive(
     gunicorn: Start, redis_url: str, redis_server: RedisServer
 ) -> None:
@@ -131,6 +137,7 @@ def test_closed_clients_are_released_within_the_keepalive(
         assert subscribed == []
 
 
+@both_workers
 def test_a_client_that_never_reads_is_cut_off_and_others_go_on(
     gunicorn: Start, redis_url: str, redis_server: RedisServer
 ) -> None:
