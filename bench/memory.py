@@ -1,6 +1,7 @@
 """Where a worker's memory per open stream goes: ``python -m bench.memory [N]``.
 
-Two servers of this project, one gevent worker each, N idle streams on one
+Two servers of this project (``--server``: the gevent worker, or the one
+that parks streams), one worker each, N idle streams on one
 channel. The first gives the RSS per stream, as ``python -m bench`` measures
 it. The second traces every Python allocation (``tracemalloc``, which
 costs memory of its own, hence the first) and reports what the streams
@@ -22,6 +23,8 @@ import tracemalloc
 import urllib.request
 from collections import defaultdict
 from typing import Any
+
+from .servers import OURS
 
 #: Where an allocation's file lives, by the first of these parts in its path.
 AREAS = ("flask_sse", "gevent", "gunicorn", "werkzeug", "flask", "redis", "greenlet")
@@ -62,13 +65,13 @@ def heap(port: int) -> dict[str, Any]:
         return result
 
 
-async def measure(n: int) -> None:
+async def measure(n: int, name: str = "ours") -> None:
     from .load import Tally, close, connect
     from .servers import raise_file_limit, redis_server, rss_kib, start_server
 
     raise_file_limit()
     with redis_server() as (redis_url, admin):
-        plain = start_server("ours", redis_url)
+        plain = start_server(name, redis_url)
         try:
             close(await connect(plain.port, 1, Tally(), admin))  # the hub and its pools exist
             before = rss_kib(plain.pid)
@@ -77,7 +80,7 @@ async def measure(n: int) -> None:
             close(streams)
         finally:
             plain.stop()
-        traced = start_server("ours", redis_url, settings={"HEAP": "1"})
+        traced = start_server(name, redis_url, settings={"HEAP": "1"})
         try:
             close(await connect(traced.port, 1, Tally(), admin))
             first = heap(traced.port)
@@ -107,7 +110,12 @@ async def measure(n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("n", type=int, nargs="?", default=10_000, help="open streams")
-    asyncio.run(measure(parser.parse_args().n))
+    parser.add_argument(
+        "--server", choices=OURS, default="ours",
+        help="ours: gunicorn -k gevent; ours parked: -k flask_sse.worker.GeventWorker",
+    )
+    arguments = parser.parse_args()
+    asyncio.run(measure(arguments.n, arguments.server))
 
 
 if __name__ == "__main__":

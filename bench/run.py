@@ -36,6 +36,7 @@ from .scenarios import idle_then_burst, latency, many_channels, publish_call, sa
 from .servers import (
     BENCH,
     NCHAN,
+    OURS,
     SERVERS,
     Server,
     delivered_total,
@@ -56,7 +57,7 @@ class Plan:
     latency_events: int = 100
     saturation_events: dict[str, int] = field(
         default_factory=lambda: {
-            "ours": 1000, "flask-sse 1.0.0": 150, "ceiling": 1000,
+            "ours": 1000, "ours parked": 1000, "flask-sse 1.0.0": 150, "ceiling": 1000,
             "nchan memory": 1000, "nchan redis": 1000,
         }
     )
@@ -72,7 +73,8 @@ QUICK = Plan(
     large=200,
     latency_events=10,
     saturation_events={
-        "ours": 50, "flask-sse 1.0.0": 20, "ceiling": 50, "nchan memory": 50, "nchan redis": 50
+        "ours": 50, "ours parked": 50, "flask-sse 1.0.0": 20, "ceiling": 50,
+        "nchan memory": 50, "nchan redis": 50,
     },
     burst=5,
     channels=20,
@@ -85,7 +87,7 @@ async def run_server(
     name: str, redis_url: str, plan: Plan, admin: redis.Redis, metrics: bool = False
 ) -> dict[str, Any]:
     """Every scenario against ``name``; the many-channel ones only where channels are served."""
-    counting = metrics and name == "ours"
+    counting = metrics and name in OURS
     server = start_server(name, redis_url, metrics=counting)
     try:
         results: dict[str, Any] = {}
@@ -107,7 +109,7 @@ async def run_server(
             results["idle then burst"] = await idle_then_burst(
                 server, plan.large, plan.burst, admin
             )
-        if name == "ours" or name in NCHAN:
+        if name in OURS or name in NCHAN:
             results.update(await channel_scenarios(server, redis_url, plan, admin))
         if counting:
             results["metrics"] = {"events_delivered": delivered_total(server.port)}
@@ -179,8 +181,13 @@ ROWS = [
     ("publish call", "server_us", "one publish call: the server's CPU (us)", "{:.0f}"),
     ("publish call", "redis_us", "one publish call: Redis CPU (us)", "{:.0f}"),
 ]
-#: ours is compared with each of these, as a ratio
-PEERS = ("nchan redis", "flask-sse 1.0.0", "ceiling")
+#: (ours, peer): the ratios the table gives
+RATIOS = (
+    ("ours", "nchan redis"),
+    ("ours parked", "nchan redis"),
+    ("ours", "flask-sse 1.0.0"),
+    ("ours", "ceiling"),
+)
 LOSS_KEYS = ("lost", "duplicated", "out_of_order")
 
 
@@ -197,15 +204,15 @@ def report(runs: dict[str, list[dict[str, Any]]], plan: Plan) -> str:
         "rate": plan.latency_rate,
         "channels": plan.channels,
     }
-    header = ["figure", *SERVERS, *(f"ours / {peer}" for peer in PEERS)]
+    header = ["figure", *SERVERS, *(f"{ours} / {peer}" for ours, peer in RATIOS)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for scenario, key, label, style in ROWS:
         values = [median_of(runs[name], scenario, key) for name in SERVERS]
         cells = [label.format(**sizes)]
         cells += [style.format(value) if value is not None else "n/a" for value in values]
-        for peer in PEERS:
-            other = values[SERVERS.index(peer)]
-            ratio = values[0] / other if values[0] is not None and other else None
+        for ours, peer in RATIOS:
+            mine, other = values[SERVERS.index(ours)], values[SERVERS.index(peer)]
+            ratio = mine / other if mine is not None and other else None
             cells.append(f"{ratio:.2f}x" if ratio is not None else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
     problems = [

@@ -1,6 +1,8 @@
 """The servers the benchmark runs, each on ONE worker, and the Redis they share.
 
 - ``ours``: this project's blueprint in ``bench.app``, under ``gunicorn -k gevent``;
+- ``ours parked``: the same under the package's worker, which parks established
+  streams (``gunicorn -k flask_sse.worker.GeventWorker``);
 - ``flask-sse 1.0.0``: the same app with the original library on the path;
 - ``ceiling``: ``bench.ceiling``, the least a gevent process can do;
 - ``nchan memory`` and ``nchan redis``: nginx with the nchan module, history in
@@ -33,7 +35,11 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 LEGACY = BENCH / ".legacy"
-SERVERS = ("ours", "flask-sse 1.0.0", "ceiling", "nchan memory", "nchan redis")
+#: Worker classes other than gunicorn's gevent worker, by server.
+WORKERS = {"ours parked": "flask_sse.worker.GeventWorker"}
+#: This project's servers.
+OURS = ("ours", "ours parked")
+SERVERS = ("ours", "ours parked", "flask-sse 1.0.0", "ceiling", "nchan memory", "nchan redis")
 NCHAN = ("nchan memory", "nchan redis")
 TICKS = os.sysconf("SC_CLK_TCK")
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
@@ -147,7 +153,7 @@ def start_server(
             "-m",
             "gunicorn",
             "-k",
-            "gevent",
+            WORKERS.get(name, "gevent"),
             "-w",
             "1",
             "--worker-connections",
