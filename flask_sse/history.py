@@ -160,12 +160,22 @@ class History:
         return [(position.decode() or None, int(receivers)) for position, receivers in results]
 
     def _pipelined(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        """EVALSHA for each channel in one pipeline (without redis-py's SCRIPT EXISTS first)."""
+        """EVALSHA for each channel in one pipeline (without redis-py's SCRIPT EXISTS first).
+
+        Through ``execute_command``: a cluster's pipeline refuses its ``evalsha()``
+        method. On a cluster each call names the master of its channel's slot
+        (one channel's keys share a slot), or redis-py would ask a server
+        which keys each call has first, a round trip per channel; a call that
+        meets a moved slot is sent again by redis-py to the new owner.
+        """
         sha = self._append_and_publish.sha
-        with self._client.pipeline(transaction=False) as pipe:
+        client: Any = self._client
+        cluster = isinstance(client, redis.cluster.RedisCluster)
+        with client.pipeline(transaction=False) as pipe:
             for keys, args in calls:
-                pipe.evalsha(sha, len(keys), *keys, *args)
-            return pipe.execute()
+                target = {"target_nodes": client.get_node_from_key(keys[0])} if cluster else {}
+                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args, **target)
+            return pipe.execute()  # type: ignore[no-any-return]
 
     def _script_call(
         self, channel: str, payload: str, maxlen: int, ttl: int, identity: str

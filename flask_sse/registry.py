@@ -40,7 +40,9 @@ COMMAND_CONNECTIONS = 1
 #: Seconds a command waits for its turn on them before it fails.
 CONNECTION_WAIT = 20.0
 
-_lock = threading.Lock()  # guards the three dicts and _sigterm_installed
+# guards the three dicts and _sigterm_installed: see _registry_lock()
+_lock: threading.Lock | None = None
+_making_lock = threading.Lock()
 _clients: dict[str, redis.Redis] = {}
 _histories: dict[tuple[str, str], History] = {}
 _hubs: dict[tuple[str, str], Hub] = {}
@@ -49,7 +51,7 @@ _sigterm_installed = False
 
 def redis_client(url: str) -> redis.Redis:
     """The process-wide client for ``url``."""
-    with _lock:
+    with _registry_lock():
         client = _clients.get(url)
         if client is None:
             client = _clients[url] = _new_client(url)
@@ -67,7 +69,7 @@ def _names_for(url: str, namespace: str = "") -> Names:
 def history_for(url: str, namespace: str = "") -> History:
     """The process-wide history of the channels behind ``url`` (and ``namespace``)."""
     client = redis_client(url)
-    with _lock:
+    with _registry_lock():
         history = _histories.get((url, namespace))
         if history is None:
             names = _names_for(url, namespace)
@@ -79,7 +81,7 @@ def hub_for(url: str, namespace: str = "") -> Hub:
     """The process-wide hub for ``url`` and ``namespace``; its threads start with a stream."""
     history = history_for(url, namespace)
     client: Any = redis_client(url)
-    with _lock:
+    with _registry_lock():
         hub = _hubs.get((url, namespace))
         if hub is None:
             router = (
@@ -94,7 +96,7 @@ def hub_for(url: str, namespace: str = "") -> Hub:
 
 def close_all() -> None:
     """Close every hub (ending its streams, stopping its threads) and every client."""
-    with _lock:
+    with _registry_lock():
         hubs = list(_hubs.values())
         clients = list(_clients.values())
         _hubs.clear()
@@ -123,7 +125,7 @@ def end_streams_on_sigterm(drain_seconds: float = 0.0) -> None:
     from the main thread; once per process (the first app's drain wins).
     """
     global _sigterm_installed
-    with _lock:
+    with _registry_lock():
         if _sigterm_installed:
             return
         _sigterm_installed = True
@@ -206,23 +208,31 @@ def _memory_client(url: str) -> redis.Redis:
 
 def _forget_parent_state() -> None:
     """In a forked child: drop the parent's clients and hubs without closing them."""
-    global _sigterm_installed
-    renew_lock()
+    global _lock, _making_lock, _sigterm_installed
+    _lock, _making_lock = None, threading.Lock()
     _clients.clear()
     _histories.clear()
     _hubs.clear()
     _sigterm_installed = False
 
 
-def renew_lock() -> None:
-    """A new lock for the registry: once gevent has patched ``threading``, a gevent lock.
+def _registry_lock() -> threading.Lock:
+    """The registry's lock, made at its first use in this process.
 
-    A lock made before the patch (this module imported by gunicorn's master,
-    as ``--preload`` or ``flask_sse.worker`` do) blocks the whole process
-    while another greenlet holds it. Only while no other thread uses it.
+    Not at import: gunicorn's master may import this module (``--preload``,
+    ``-k flask_sse.worker.GeventWorker``) before the worker lets gevent
+    patch ``threading``, and a thread lock made then blocks the whole worker
+    while another greenlet holds it. ``_making_lock`` is a thread lock too,
+    but held for no switch to another greenlet.
     """
     global _lock
-    _lock = threading.Lock()
+    lock = _lock
+    if lock is None:
+        with _making_lock:
+            if _lock is None:
+                _lock = threading.Lock()
+            lock = _lock
+    return lock
 
 
 os.register_at_fork(after_in_child=_forget_parent_state)

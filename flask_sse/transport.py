@@ -173,17 +173,10 @@ class Transport:
         unless gunicorn has received exactly that many, something between us
         transforms the body.
         """
-        server_response = self._server_response
-        if server_response is None or len(subscription.channels) != 1:
+        if len(subscription.channels) != 1:
             return None
-        if not server_response.chunked or server_response.sent != yielded:
-            return None
-        client = server_response.sock
-        try:
-            fd = client.fileno()
-            if os.get_blocking(fd) or isinstance(client, ssl.SSLSocket):
-                return None
-        except (OSError, ValueError):
+        client = self._server_socket(yielded)
+        if client is None:
             return None
         return DirectWriter(subscription, client, history, positions)
 
@@ -196,16 +189,12 @@ class Transport:
         chunk, and it closes only its own descriptor of the connection.
         """
         server_response = self._server_response
-        if self.parking is None or server_response is None:
-            return None
-        if not server_response.chunked or server_response.sent != yielded:
+        client = self._server_socket(yielded) if self.parking is not None else None
+        if client is None:
             return None
         try:
-            fd = server_response.sock.fileno()
-            if os.get_blocking(fd) or isinstance(server_response.sock, ssl.SSLSocket):
-                return None
-            own = socket.socket(fileno=os.dup(fd))
-        except (OSError, ValueError):
+            own = socket.socket(fileno=os.dup(client.fileno()))
+        except OSError:
             return None
         server_response.chunked = False  # gunicorn's close() writes no last chunk
         server_response.must_close = True  # and it keeps no connection alive for more requests
@@ -213,6 +202,22 @@ class Transport:
         self.client = own
         self.handed_over = True
         return own
+
+    def _server_socket(self, yielded: int) -> socket.socket | None:
+        """gunicorn's socket, if the body reaches it untouched (``yielded`` bytes so far,
+        all received), chunked, without TLS, and non-blocking (gevent's)."""
+        server_response = self._server_response
+        if server_response is None or not server_response.chunked:
+            return None
+        if server_response.sent != yielded:
+            return None
+        client: socket.socket = server_response.sock
+        try:
+            if os.get_blocking(client.fileno()) or isinstance(client, ssl.SSLSocket):
+                return None
+        except (OSError, ValueError):
+            return None
+        return client
 
 
 class EventStreamResponse(Response):

@@ -27,7 +27,6 @@ from gunicorn.workers.ggevent import (  # type: ignore[import-untyped]
     GeventWorker as _GunicornGeventWorker,
 )
 
-from . import registry
 from .handover import ParkedStreams
 from .transport import PARKING
 
@@ -57,7 +56,6 @@ class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
                 r"\['redis\.asyncio\.connection \([^)]*\)'\]\. $",
             )
             super().patch()
-        registry.renew_lock()  # the one made at import, before the patch, is a thread lock
 
     def load_wsgi(self) -> None:
         super().load_wsgi()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis
@@ -147,3 +148,41 @@ def test_failover_with_continuous_publishing_loses_nothing(
     # yet (asynchronous replication): clients would then get a reset event.
     # With the replicas in sync, as here, nothing is lost and history stays whole.
     assert (lost, duplicated, resets) == (0, 0, 0)
+
+
+def test_one_publish_on_channels_of_every_master(
+    gunicorn: Start, redis_cluster: RedisCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One call on channels of three masters: each stream gets it once; one round trip each."""
+    channels = channels_on_every_master(redis_cluster, per_master=3)
+    server = gunicorn(redis_cluster.url)
+    streams = {name: open_stream(server, f"channel={name}") for name in channels}
+    publisher = Publisher(redis_cluster.url)
+    # a cluster that has not run the script yet: NOSCRIPT on every master, loaded, sent again
+    assert publisher.publish("first", channel=list(channels)) == len(channels)
+    sent: list[int] = []
+    send: Callable[..., None] = redis.connection.Connection.send_packed_command
+
+    def counting(self: redis.connection.Connection, command: Any, check_health: bool = True) -> None:
+        sent.append(1)
+        send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+    assert publisher.publish("second", channel=list(channels)) == len(channels)
+    assert len(sent) == 3  # one round trip per master
+    monkeypatch.undo()
+    # a master hands its slots to its replica: the publisher's map of slots is out of date
+    nodes = redis_cluster.nodes()
+    moved_master = next(iter(channels.values()))
+    master_id = next(node["id"] for node in nodes if node["addr"] == moved_master)
+    replica = next(node["addr"] for node in nodes if node["master"] == master_id)
+    with redis.Redis(port=int(replica.rsplit(":", 1)[1])) as promoted:
+        promoted.execute_command("CLUSTER FAILOVER")
+    wait_for(lambda: any(node["addr"] == replica and "master" in node["flags"]
+                         for node in redis_cluster.nodes()), what="the replica to be master")
+    publisher.publish("third", channel=list(channels))
+    for name, stream in streams.items():
+        events = stream.events(3)
+        assert [event.data for event in events] == ["first", "second", "third"], name
+        assert len({event.last_event_id for event in events}) == 3
+        stream.close()

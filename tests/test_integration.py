@@ -215,6 +215,7 @@ def test_the_hub_resubscribes_after_its_connection_is_killed(
         assert stream.next_event().data == "after"
 
 
+@both_workers
 def test_an_event_published_on_one_server_reaches_streams_on_another(
     gunicorn: Start, redis_url: str
 ) -> None:
@@ -225,6 +226,7 @@ def test_an_event_published_on_one_server_reaches_streams_on_another(
         assert on_second.next_event().data == "hop"
 
 
+@both_workers
 def test_the_example_app_under_several_gevent_workers(gunicorn: Start, redis_url: str) -> None:
     server = gunicorn(redis_url, app="example.app:app", options=("-w", "3"))
     assert server.request("GET", "/")[0] == 200
