@@ -1,0 +1,57 @@
+"""The many-channel shape alone, for ours: ``python -m bench.channels [--repeat N]``.
+
+The two scenarios of ``python -m bench`` that weigh the cost per event
+published (2,000 channels of one stream each, and one publish call), in a
+minute a run instead of half an hour for the whole benchmark: for trying a
+change to the publishing or decoding path (another parser, another payload)
+in one environment against another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+
+from .run import Plan, channel_scenarios
+from .servers import OURS, raise_file_limit, redis_server, start_server
+
+#: (scenario, figure, label) printed for each run and as medians.
+FIGURES = (
+    ("many channels", "subscriber_cpu_us_per_event", "subscribing worker's CPU per event (us)"),
+    ("many channels", "redis_cpu_us_per_event", "Redis CPU per event (us)"),
+    ("publish call", "caller_us", "one publish call: the caller's CPU (us)"),
+    ("publish call", "redis_us", "one publish call: Redis CPU (us)"),
+)
+
+
+async def measure(repeat: int, name: str) -> None:
+    raise_file_limit()
+    plan = Plan()
+    values: dict[str, list[float]] = {label: [] for _, _, label in FIGURES}
+    with redis_server() as (redis_url, admin):
+        for number in range(repeat):
+            server = start_server(name, redis_url)
+            try:
+                results = await channel_scenarios(server, redis_url, plan, admin)
+            finally:
+                server.stop()
+            for scenario, key, label in FIGURES:
+                values[label].append(results[scenario][key])
+            print(f"run {number + 1}/{repeat}: " + ", ".join(
+                f"{label} {results[scenario][key]:.0f}" for scenario, key, label in FIGURES
+            ), flush=True)
+    for label, figures in values.items():
+        print(f"median {label}: {statistics.median(figures):.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=3, help="runs (medians reported)")
+    parser.add_argument("--server", choices=OURS, default="ours")
+    arguments = parser.parse_args()
+    asyncio.run(measure(arguments.repeat, arguments.server))
+
+
+if __name__ == "__main__":
+    main()
