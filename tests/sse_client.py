@@ -174,6 +174,18 @@ class StreamClient:
         self.parser.feed_line(text)
         return text + "\n"
 
+    def read_to_end(self) -> list[str]:
+        """Every line left, up to a complete end of the response.
+
+        A response cut off without its last chunk raises ``http.client.IncompleteRead``.
+        """
+        lines = []
+        while True:
+            try:
+                lines.append(self.read_line())
+            except EOFError:
+                return lines
+
     def next_event(self) -> Event:
         """Block (up to the socket timeout) until the next event."""
         seen = len(self.parser.events)

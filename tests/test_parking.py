@@ -25,19 +25,6 @@ pytestmark = [
 Start = Callable[..., Gunicorn]
 
 
-def lines_to_the_end(stream: StreamClient) -> list[str]:
-    """Every line left, up to a complete end of the response.
-
-    A response cut off without its last chunk raises ``http.client.IncompleteRead``.
-    """
-    lines = []
-    while True:
-        try:
-            lines.append(stream.read_line())
-        except EOFError:
-            return lines
-
-
 def test_established_streams_are_parked_and_get_every_event_once(
     gunicorn: Start, redis_url: str
 ) -> None:
@@ -82,7 +69,7 @@ def test_max_age_ends_a_parked_stream_with_a_complete_response(
     with open_stream(server, "channel=aging") as stream:
         wait_for(lambda: server.count("/parked") == 1, what="the stream parked")
         server.request("POST", "/publish", {"data": "before the end", "channel": "aging"})
-        lines = lines_to_the_end(stream)
+        lines = stream.read_to_end()
     assert "data:before the end\n" in lines
     assert [event.data for event in stream.parser.events] == ["before the end"]
     wait_for(lambda: server.count("/parked") == 0, what="the parked stream gone")
@@ -100,7 +87,7 @@ def test_sigterm_drains_parked_streams_and_the_worker_waits_for_them(
     wait_for(lambda: server.count("/parked") == 10, what="every stream parked")
     os.kill(pid, signal.SIGTERM)
     for stream in streams:
-        lines = lines_to_the_end(stream)  # a complete response, not a cut connection
+        lines = stream.read_to_end()  # a complete response, not a cut connection
         assert any(line.startswith("retry:") for line in lines), lines
         stream.close()
     wait_for(lambda: not os.path.exists(f"/proc/{pid}/status") or _zombie(pid), timeout=8,
