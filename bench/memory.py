@@ -24,8 +24,6 @@ import urllib.request
 from collections import defaultdict
 from typing import Any
 
-from .servers import OURS
-
 #: Where an allocation's file lives, by the first of these parts in its path.
 AREAS = ("flask_sse", "gevent", "gunicorn", "werkzeug", "flask", "redis", "greenlet")
 
@@ -108,6 +106,8 @@ async def measure(n: int, name: str = "ours") -> None:
 
 
 def main() -> None:
+    from .servers import OURS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("n", type=int, nargs="?", default=10_000, help="open streams")
     parser.add_argument(
