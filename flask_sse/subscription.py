@@ -122,8 +122,7 @@ class Subscription:
             if not queue and self._reason is None:
                 self._sleeping = True
                 self._wakeup.wait()
-                self._sleeping = False
-        return [queue.popleft() for _ in range(len(queue))]
+        return self.take()
 
     def take(self) -> list[Delivery]:
         """Everything queued, oldest first, without waiting (a stream called back on wake-ups)."""
