@@ -5,9 +5,10 @@ chunk) and the same bytes written to every open socket from one greenlet; a
 ``POST /publish`` that publishes to Redis. No Flask, no WSGI, no per-client
 queue. Run as ``python -m bench.ceiling PORT REDIS_URL``.
 
-Its sockets get ``TCP_NODELAY``, as gunicorn gives the others: without it
-Nagle's algorithm coalesces writes and halves the cost of a delivery at
-saturation, for any server; with it all three write the same packets.
+Its sockets get ``TCP_NODELAY``, as the other servers' do (``bench.servers``):
+without it Nagle's algorithm coalesces writes and halves the cost of a
+delivery at saturation, for any server. ``BENCH_SSE_TCP_NODELAY=false``
+leaves it off, as ``python -m bench --nagle`` does for every server.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from gevent import monkey  # type: ignore[import-untyped]
 
 monkey.patch_all()
 
+import os  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
@@ -29,6 +31,7 @@ HEAD = (
     b"Transfer-Encoding: chunked\r\n\r\n"
 )
 subscribers: set[socket.socket] = set()
+NODELAY = os.environ.get("BENCH_SSE_TCP_NODELAY", "true") != "false"
 
 
 def fan_out(url: str) -> None:
@@ -48,8 +51,8 @@ def serve(url: str) -> StreamServer:
     publisher = redis.Redis.from_url(url)
 
     def handle(client: socket.socket, address: object) -> None:
-        # the same socket option as gunicorn's (TCP_NODELAY): equal packets for every server
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # the socket option the other servers' streams have: equal packets for every server
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(NODELAY))
         reader = client.makefile("rb")
         while request_line := reader.readline():
             length = 0

@@ -18,6 +18,9 @@ to ``bench/results.json`` and ``bench/results.png``; the table is printed.
 Each scenario runs ``--repeat`` times and the median is reported.
 ``--metrics`` serves this project with ``SSE_METRICS`` on, in prometheus_client's
 multiprocess mode (as under gunicorn in production), to measure what counting costs.
+Every server's streams have ``TCP_NODELAY`` (each event its own packet, as
+gunicorn serves them); ``--nagle`` serves them all with Nagle's algorithm
+instead, as nginx does by default (``bench.servers``).
 """
 
 from __future__ import annotations
@@ -84,11 +87,12 @@ QUICK = Plan(
 
 
 async def run_server(
-    name: str, redis_url: str, plan: Plan, admin: redis.Redis, metrics: bool = False
+    name: str, redis_url: str, plan: Plan, admin: redis.Redis, metrics: bool = False,
+    nagle: bool = False,
 ) -> dict[str, Any]:
     """Every scenario against ``name``; the many-channel ones only where channels are served."""
     counting = metrics and name in OURS
-    server = start_server(name, redis_url, metrics=counting)
+    server = start_server(name, redis_url, metrics=counting, nagle=nagle)
     try:
         results: dict[str, Any] = {}
         rate, events, flat_out = (
@@ -282,15 +286,18 @@ async def main_async(arguments: argparse.Namespace) -> None:
             for name in arguments.servers:
                 print(f"run {repetition + 1}/{arguments.repeat}: {name}", flush=True)
                 admin.flushall()
-                runs[name].append(
-                    await run_server(name, redis_url, plan, admin, arguments.metrics)
-                )
+                runs[name].append(await run_server(
+                    name, redis_url, plan, admin, arguments.metrics, arguments.nagle
+                ))
     table = report(runs, plan)
     print(table)
     out = Path(arguments.output)
     out.with_suffix(".json").write_text(
         json.dumps(
-            {"plan": plan.__dict__, "metrics": arguments.metrics, "runs": runs, "table": table},
+            {
+                "plan": plan.__dict__, "metrics": arguments.metrics, "nagle": arguments.nagle,
+                "runs": runs, "table": table,
+            },
             indent=1,
         )
         + "\n"
@@ -308,6 +315,10 @@ def main() -> None:
     parser.add_argument(
         "--metrics", action="store_true",
         help="this project's server with SSE_METRICS on (multiprocess mode, a temporary directory)",
+    )
+    parser.add_argument(
+        "--nagle", action="store_true",
+        help="streams without TCP_NODELAY, as nginx serves them (SSE_TCP_NODELAY = False for ours)",
     )
     asyncio.run(main_async(parser.parse_args()))
 

@@ -11,6 +11,15 @@
 
 Every server answers ``GET /stream?channel=C`` with an event stream and
 ``POST /publish?channel=C`` by publishing the body as one event's data.
+
+Every server writes the same packets: its streams' sockets have
+``TCP_NODELAY``, which gunicorn sets on every connection. nginx sets it only
+on a connection kept alive between requests, never on an event stream, so
+nchan is given a listening socket that has it (accepted sockets inherit it).
+``nagle=True`` serves every server the other way, Nagle's algorithm on for
+its streams (nchan as shipped, ours with ``SSE_TCP_NODELAY = False``),
+except flask-sse 1.0.0, which gunicorn serves with ``TCP_NODELAY`` whatever
+we ask.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -54,8 +64,6 @@ def raise_file_limit() -> None:
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
@@ -123,16 +131,20 @@ def start_server(
     redis_url: str,
     settings: dict[str, str] | None = None,
     metrics: bool = False,
+    nagle: bool = False,
 ) -> Server:
     """``name`` on one worker; ``settings`` are ``SSE_*`` keys for ``bench.app``.
 
     ``metrics``: this project's server counts, in prometheus_client's
-    multiprocess mode (a directory of the server's own).
+    multiprocess mode (a directory of the server's own). ``nagle``: streams
+    without ``TCP_NODELAY`` (see the module's docstring).
     """
     port = free_port()
     env = {**os.environ, "BENCH_REDIS_URL": redis_url, "PYTHONPATH": str(ROOT)}
+    if nagle:  # read by bench.app (as SSE_TCP_NODELAY) and by bench.ceiling
+        env["BENCH_SSE_TCP_NODELAY"] = "false"
     env.update({f"BENCH_{key}": value for key, value in (settings or {}).items()})
-    cwd, directory = ROOT, None
+    cwd, directory, inherited = ROOT, None, None
     if metrics:
         directory = Path(tempfile.mkdtemp(prefix="bench-metrics-"))
         env.update(BENCH_METRICS="1", PROMETHEUS_MULTIPROC_DIR=str(directory))
@@ -141,6 +153,9 @@ def start_server(
         store = redis_url if name == "nchan redis" else None
         (directory / "nginx.conf").write_text(nchan_config(port, directory, store))
         command = ["nginx", "-p", str(directory), "-c", "nginx.conf", "-e", "error.log"]
+        if not nagle:
+            inherited = nodelay_listener(port)
+            env["NGINX"] = f"{inherited.fileno()};"  # nginx's variable for inherited listeners
     elif name == "ceiling":
         command = [sys.executable, "-m", "bench.ceiling", str(port), redis_url]
     else:
@@ -166,11 +181,14 @@ def start_server(
             f"127.0.0.1:{port}",
             "bench.app:app",
         ]
-    process = subprocess.Popen(command, cwd=cwd, env=env, preexec_fn=raise_file_limit)
+    passed = (inherited.fileno(),) if inherited is not None else ()
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, preexec_fn=raise_file_limit, pass_fds=passed
+    )
+    if inherited is not None:
+        inherited.close()  # nginx holds its own copy
 
     def answers() -> bool:
-        import socket
-
         if process.poll() is not None:
             log = (directory / "error.log").read_text() if directory is not None else ""
             raise RuntimeError(f"{name} exited with {process.returncode} {log}")
@@ -187,6 +205,15 @@ def start_server(
         wait_until(lambda: children.read_text().strip() != "", 30, "gunicorn's worker")
         pid = int(children.read_text().split()[0])
     return Server(name, port, process, pid, directory)
+
+
+def nodelay_listener(port: int) -> socket.socket:
+    """A listening socket on ``port`` whose accepted connections have ``TCP_NODELAY``."""
+    listener = socket.socket()
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(4096)
+    return listener
 
 
 def nchan_config(port: int, directory: Path, redis_url: str | None) -> str:

@@ -223,6 +223,8 @@ class LiveStream:
         # about what a delivery does, so the count is added at most once a second
         # (and before a keepalive, and when the stream ends).
         self._uncounted, self._counted_at = 0, now
+        if not config.tcp_nodelay:
+            transport.merge_small_writes()
         self.direct: DirectWriter | None = None
         if config.direct_write:
             self.direct = transport.direct_writer(subscription, history, positions, yielded)

@@ -153,6 +153,22 @@ class Transport:
             except OSError:
                 pass
 
+    def merge_small_writes(self) -> None:
+        """Let the kernel merge the stream's next writes while earlier ones are unacknowledged.
+
+        Turns Nagle's algorithm back on (``SSE_TCP_NODELAY = False``) once the
+        stream is open: a lone event still leaves at once, and events that come
+        faster than the client acknowledges share packets. Not on a socket
+        that is not TCP (a Unix socket has no such option).
+        """
+        client = self.client
+        if client is None or client.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        try:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+        except OSError:
+            pass  # the client is gone: the stream notices it itself
+
     def offer_direct(self, start_response: Callable[..., Any]) -> None:
         """The response is being served with ``start_response``: note gunicorn's, if it is."""
         try:

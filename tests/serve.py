@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import socket
 import zlib
 from collections.abc import Iterator
 
@@ -86,6 +87,23 @@ def create_app() -> Flask:
     def parked() -> dict[str, int]:
         """The streams this worker has parked (``flask_sse.worker.GeventWorker``)."""
         return {"count": len(request.environ.get(PARKING) or ())}
+
+    @app.get("/nodelay/<int:port>")
+    def nodelay(port: int) -> dict[str, int]:
+        """``TCP_NODELAY`` of this worker's connection to a client's ``port`` (404: none)."""
+        for fd in map(int, os.listdir("/proc/self/fd")):
+            try:
+                connection = socket.socket(fileno=os.dup(fd))
+            except OSError:
+                continue  # not a socket, or closed meanwhile
+            with connection:
+                try:
+                    peer = connection.getpeername()
+                except OSError:
+                    continue
+                if connection.family == socket.AF_INET and peer[1] == port:
+                    return {"nodelay": connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)}
+        abort(404)
 
     @app.get("/token")
     def token() -> dict[str, str] | tuple[dict[str, str], int]:

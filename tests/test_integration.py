@@ -309,3 +309,17 @@ def test_cross_origin_event_source_with_credentials(gunicorn: Start, redis_url: 
         assert stream.read_line() == "retry:3000\n"
     with StreamClient(server.port, "/stream?channel=cors", {"Origin": "http://evil.example"}) as other:
         assert "Access-Control-Allow-Origin" not in other.headers
+
+
+@both_workers
+@pytest.mark.parametrize("nodelay", [True, False])
+def test_sse_tcp_nodelay_sets_the_open_streams_socket_option(
+    gunicorn: Start, redis_url: str, nodelay: bool
+) -> None:
+    server = gunicorn(redis_url, SSE_TCP_NODELAY=nodelay)
+    with open_stream(server, "channel=packets") as stream:
+        for n in range(3):  # events after the option is set still arrive, each whole
+            server.request("POST", "/publish", {"data": n, "channel": "packets"})
+        assert datas(stream.events(3)) == ["0", "1", "2"]
+        port = stream.connection.sock.getsockname()[1]
+        assert server.request("GET", f"/nodelay/{port}") == (200, {"nodelay": int(nodelay)})
