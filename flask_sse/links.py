@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from . import metrics
 from .naming import Names
+from .replies import reader_for
 from .routing import Router
 
 logger = logging.getLogger("flask_sse")
@@ -164,27 +165,33 @@ class Link:
                 return
 
     def _read(self, connection: Any) -> None:
-        listener = self._listener
+        read = reader_for(connection, PING_INTERVAL)
         heard = time.monotonic()
         while self.connection is connection:
-            if not connection.can_read(timeout=PING_INTERVAL):
+            replies = read()
+            if not replies:
                 if time.monotonic() - heard >= READ_TIMEOUT:
                     raise TimeoutError(f"no answer to PING for {READ_TIMEOUT:.0f} s")
                 with self._lock:
                     if self.connection is connection:
                         self.send("PING")
                 continue
-            reply = connection.read_response(disconnect_on_error=False, push_request=True)
             heard = time.monotonic()
-            if not isinstance(reply, list) or len(reply) != 3:
-                continue  # a PONG
-            kind, redis_channel, body = reply
-            name = self._names.from_channel(redis_channel.decode("utf-8", "replace"))
-            if name is None:
-                continue  # another app's channel (another DB or namespace)
-            if kind in (b"message", b"smessage"):
-                listener.message(self, name, body)
-            elif kind in (b"subscribe", b"ssubscribe"):
-                listener.subscribed(self, name)
-            elif kind == b"sunsubscribe":
-                listener.dropped(self, name)
+            for reply in replies:
+                if self.connection is not connection:
+                    return
+                self._dispatch(reply)
+
+    def _dispatch(self, reply: Any) -> None:
+        if not isinstance(reply, list) or len(reply) != 3:
+            return  # a PONG
+        kind, redis_channel, body = reply
+        name = self._names.from_channel(redis_channel.decode("utf-8", "replace"))
+        if name is None:
+            return  # another app's channel (another DB or namespace)
+        if kind in (b"message", b"smessage"):
+            self._listener.message(self, name, body)
+        elif kind in (b"subscribe", b"ssubscribe"):
+            self._listener.subscribed(self, name)
+        elif kind == b"sunsubscribe":
+            self._listener.dropped(self, name)

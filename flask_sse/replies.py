@@ -1,0 +1,106 @@
+"""Reading a pub/sub connection's replies with little work per message.
+
+Every event a hub fans out is first read from its pub/sub connection, one
+at a time when publishes come one at a time. redis-py's generic path (a
+readiness check with a timeout, then a layered parser) costs about as much
+as the wait for the data itself, so a link reads its connection's socket
+itself: one ``recv``, then every complete reply in what came, parsed by the
+few lines below. Both RESP2 and RESP3 (whichever the connection speaks);
+a reply of a type a subscribed connection never gets is an error, and the
+link reconnects.
+
+Connections without a socket of the operating system's (the embedded
+broker's) are read through redis-py, as before.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import ConnectionError, InvalidResponse, ResponseError
+
+#: What a reader returns: the replies that came, or ``[]`` after ``timeout`` of silence.
+ReadReplies = Callable[[], list[Any]]
+
+_INCOMPLETE = object()
+_AGGREGATES = frozenset(b"*>~")  # array, push (RESP3), set (RESP3)
+_LINES = frozenset(b"+:#,(")  # simple string, integer; boolean, double, big number (RESP3)
+
+
+def reader_for(connection: Any, timeout: float) -> ReadReplies:
+    """A reader of ``connection``'s replies that waits at most ``timeout`` for some."""
+    sock = getattr(connection, "_sock", None)
+    if isinstance(sock, socket.socket):
+        sock.settimeout(timeout)
+        return SocketReplies(sock).read
+
+    def through_redis_py() -> list[Any]:
+        if not connection.can_read(timeout=timeout):
+            return []
+        return [connection.read_response(disconnect_on_error=False, push_request=True)]
+
+    return through_redis_py
+
+
+class SocketReplies:
+    """The replies arriving on one socket, parsed as they complete."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = b""
+
+    def read(self) -> list[Any]:
+        try:
+            data = self._sock.recv(65536)
+        except TimeoutError:
+            return []
+        if not data:
+            raise ConnectionError("Redis closed the connection")
+        buffer = self._buffer + data if self._buffer else data
+        replies = []
+        position = 0
+        while position < len(buffer):
+            reply, end = _parse(buffer, position)
+            if reply is _INCOMPLETE:
+                break
+            if isinstance(reply, ResponseError):
+                raise reply
+            replies.append(reply)
+            position = end
+        self._buffer = buffer[position:]
+        return replies
+
+
+def _parse(buffer: bytes, start: int) -> tuple[Any, int]:
+    """The reply at ``start`` and where the next begins; ``_INCOMPLETE`` if it has not all come."""
+    line_end = buffer.find(b"\r\n", start)
+    if line_end < 0:
+        return _INCOMPLETE, start
+    kind = buffer[start]
+    line = buffer[start + 1 : line_end]
+    after = line_end + 2
+    if kind == 36 or kind == 61:  # $ bulk string, = verbatim string (RESP3)
+        length = int(line)
+        if length < 0:
+            return None, after
+        if len(buffer) < after + length + 2:
+            return _INCOMPLETE, start
+        return buffer[after : after + length], after + length + 2
+    if kind in _AGGREGATES or kind == 37:  # % map (RESP3): its keys and values in a row
+        count = int(line) * (2 if kind == 37 else 1)
+        items = []
+        for _ in range(count):
+            item, after = _parse(buffer, after)
+            if item is _INCOMPLETE:
+                return _INCOMPLETE, start
+            items.append(item)
+        return items, after
+    if kind in _LINES:
+        return line, after
+    if kind == 45:  # - error
+        return ResponseError(line.decode("utf-8", "replace")), after
+    if kind == 95:  # _ null (RESP3)
+        return None, after
+    raise InvalidResponse(f"Unexpected reply from Redis: {buffer[start:line_end][:40]!r}")

@@ -1,0 +1,106 @@
+"""The links' own reader of pub/sub replies: pieces of RESP2 and RESP3, and a real server."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from redis.exceptions import ConnectionError, InvalidResponse, ResponseError
+
+from flask_sse.replies import SocketReplies, reader_for
+
+from .conftest import RedisServer
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, SocketReplies]]:
+    """The server's end of a connection, and a reader of the client's end."""
+    server, client = socket.socketpair()
+    client.settimeout(0.2)
+    with server, client:
+        yield server, SocketReplies(client)
+
+
+def read_all(server: socket.socket, reader: SocketReplies, data: bytes, piece: int) -> list[Any]:
+    """What the reader makes of ``data`` sent ``piece`` bytes at a time."""
+    replies = []
+    for start in range(0, len(data), piece):
+        server.sendall(data[start : start + piece])
+        replies += reader.read()
+    return replies
+
+
+RESP2 = (
+    b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n"
+    b"*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$11\r\n{\"a\":\"\r\n\"}x\r\n"
+    b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"
+)
+RESP3 = (
+    b">3\r\n$10\r\nssubscribe\r\n$4\r\nnews\r\n:1\r\n"
+    b">3\r\n$8\r\nsmessage\r\n$4\r\nnews\r\n$2\r\nhi\r\n"
+    b"+PONG\r\n_\r\n%1\r\n+k\r\n#t\r\n"
+)
+
+
+@pytest.mark.parametrize("piece", [1, 2, 7, 1000])
+def test_replies_split_anywhere_come_out_whole_and_in_order(
+    pair: tuple[socket.socket, SocketReplies], piece: int
+) -> None:
+    server, reader = pair
+    assert read_all(server, reader, RESP2 + RESP3, piece) == [
+        [b"subscribe", b"news", b"1"],
+        [b"message", b"news", b'{"a":"\r\n"}x'],  # a payload holding CRLF is taken by its length
+        [b"pong", b""],
+        [b"ssubscribe", b"news", b"1"],
+        [b"smessage", b"news", b"hi"],
+        b"PONG",
+        None,
+        [b"k", b"t"],
+    ]
+
+
+def test_silence_is_no_reply_and_a_closed_connection_an_error(
+    pair: tuple[socket.socket, SocketReplies],
+) -> None:
+    server, reader = pair
+    assert reader.read() == []  # after the socket's timeout
+    server.close()
+    with pytest.raises(ConnectionError):
+        reader.read()
+
+
+def test_an_error_reply_is_raised_and_an_unknown_reply_is_refused(
+    pair: tuple[socket.socket, SocketReplies],
+) -> None:
+    server, reader = pair
+    server.sendall(b"-NOAUTH Authentication required.\r\n")
+    with pytest.raises(ResponseError, match="NOAUTH"):
+        reader.read()
+    server.sendall(b"|1\r\n")  # a RESP3 attribute: never sent to a subscribed connection
+    with pytest.raises(InvalidResponse, match="Unexpected reply"):
+        reader.read()
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_a_real_server_s_subscription_and_messages(redis_server: RedisServer, protocol: int) -> None:
+    connection = redis.Connection(port=redis_server.port, protocol=protocol)
+    connection.connect()
+    try:
+        read = reader_for(connection, 5)
+        connection.send_command("SUBSCRIBE", "news")
+        with redis_server.client() as publisher:
+            assert read() == [[b"subscribe", b"news", b"1"]]
+            publisher.publish("news", "line one\r\nline two")
+            publisher.publish("news", b"x" * 100_000)  # more than one recv
+            received: list[Any] = []
+            while len(received) < 2:
+                received += read()
+        assert received == [
+            [b"message", b"news", b"line one\r\nline two"],
+            [b"message", b"news", b"x" * 100_000],
+        ]
+    finally:
+        connection.disconnect()
