@@ -28,6 +28,7 @@ from typing import Any
 
 import redis
 
+from .batching import Batcher
 from .naming import Names
 
 #: A position in a channel's history: the stream entry id as (ms, seq).
@@ -120,6 +121,8 @@ class History:
         self._client = client
         self.names = names = names or Names()
         self._append_and_publish = client.register_script(_APPEND_AND_PUBLISH)
+        #: single-channel publishes, sent together when they meet (``batching.py``)
+        self._publishes: Batcher[tuple[list[str], list[Any]], list[Any]] = Batcher(self._send)
         #: SPUBLISH on a cluster (sharded pub/sub), PUBLISH otherwise
         self.publish_command = "SPUBLISH" if names.sharded else "PUBLISH"
 
@@ -134,8 +137,8 @@ class History:
         ``identity`` does nothing and returns ``(None, 0)``.
         """
         _check_payload(payload)
-        keys, args = self._script_call(channel, payload, maxlen, ttl, identity)
-        position, receivers = self._append_and_publish(keys, args)
+        call = self._script_call(channel, payload, maxlen, ttl, identity)
+        position, receivers = self._publishes.call(call)
         return position.decode() or None, int(receivers)
 
     def publish_many(
@@ -159,7 +162,24 @@ class History:
             results = self._pipelined(calls)
         return [(position.decode() or None, int(receivers)) for position, receivers in results]
 
-    def _pipelined(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+    def _send(self, calls: list[tuple[list[str], list[Any]]]) -> list[list[Any] | Exception]:
+        """Publishes that met: one alone as it is, several in one pipeline.
+
+        Each gets its own result or error; after a NOSCRIPT the whole
+        pipeline is sent again, as in :meth:`publish_many`.
+        """
+        if len(calls) == 1:
+            keys, args = calls[0]
+            return [self._append_and_publish(keys, args)]
+        results = self._pipelined(calls, raise_on_error=False)
+        if any(isinstance(result, redis.exceptions.NoScriptError) for result in results):
+            self._client.script_load(_APPEND_AND_PUBLISH)
+            results = self._pipelined(calls, raise_on_error=False)
+        return results
+
+    def _pipelined(
+        self, calls: list[tuple[list[str], list[Any]]], raise_on_error: bool = True
+    ) -> list[Any]:
         """EVALSHA for each channel in one pipeline (without redis-py's SCRIPT EXISTS first).
 
         Through ``execute_command``: a cluster's pipeline refuses its ``evalsha()``
@@ -175,7 +195,7 @@ class History:
             for keys, args in calls:
                 target = {"target_nodes": client.get_node_from_key(keys[0])} if cluster else {}
                 pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args, **target)
-            return pipe.execute()  # type: ignore[no-any-return]
+            return pipe.execute(raise_on_error=raise_on_error)  # type: ignore[no-any-return]
 
     def _script_call(
         self, channel: str, payload: str, maxlen: int, ttl: int, identity: str
