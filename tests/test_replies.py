@@ -86,7 +86,8 @@ def test_an_error_reply_is_raised_and_an_unknown_reply_is_refused(
 
 @pytest.mark.parametrize("protocol", [2, 3])
 def test_a_real_server_s_subscription_and_messages(redis_server: RedisServer, protocol: int) -> None:
-    connection = redis.Connection(port=redis_server.port, protocol=protocol)
+    connection_class: Any = redis.Connection  # untyped in redis-py
+    connection = connection_class(port=redis_server.port, protocol=protocol)
     connection.connect()
     try:
         read = reader_for(connection, 5)
