@@ -21,6 +21,16 @@ if os.environ.get("BENCH_METRICS"):  # python -m bench --metrics, this project's
 
     app.config["SSE_METRICS"] = True
     app.add_url_rule("/metrics", view_func=metrics_view)
+
+    @app.post("/metrics/switch")
+    def switch_metrics() -> tuple[str, int]:
+        """Counting off (``?on=0``) or back on, between runs of ``bench.overhead``."""
+        from flask_sse import metrics
+
+        counting = getattr(app, "bench_counting", None) or metrics._on  # noqa: SLF001
+        app.bench_counting = counting  # type: ignore[attr-defined]
+        metrics._on = counting if request.args.get("on") == "1" else None  # noqa: SLF001
+        return "", 204
 if os.environ.get("BENCH_HEAP"):  # python -m bench.memory
     from bench.memory import heap_view, start_tracing
 

@@ -1,13 +1,14 @@
 """What metrics cost: CPU per delivery with ``SSE_METRICS`` on against off, in pairs.
 
-``python -m bench.overhead`` serves this project twice on one gevent worker
-each, one with metrics on (prometheus_client's multiprocess mode, as under
-gunicorn in production) and one without, and runs the saturation scenario
-(N streams on one channel, events published flat out) on them in turn:
-off-on, on-off, off-on, ... The servers alternate within each pair, and the
+``python -m bench.overhead`` serves this project on one gevent worker with
+metrics on (prometheus_client's multiprocess mode, as under gunicorn in
+production), and runs the saturation scenario (N streams on one channel,
+events published flat out) on it in pairs of runs: one with its counting
+switched off, one with it on (``bench.app`` switches it between runs). The
 order alternates between pairs, so drift on the machine (other load, CPU
-frequency) falls on both sides alike. It prints each pair's ratio and their
-median, which is far less noisy than comparing two whole benchmark runs.
+frequency) falls on both sides alike; and both sides are the same process,
+since two identical servers, both with metrics off, differed by about 5% by
+themselves. It prints each pair's ratio and their median.
 
 ``--hooks`` times the counting itself instead, in this process: the calls the
 hub and a stream make per event and per chunk with metrics on, in
@@ -26,6 +27,7 @@ import statistics
 import tempfile
 import time
 import timeit
+import urllib.request
 
 import redis
 
@@ -58,18 +60,13 @@ def wait_idle(server: Server, quiet: float = 0.5, timeout: float = 60) -> None:
 async def measure(arguments: argparse.Namespace) -> None:
     raise_file_limit()
     with redis_server() as (redis_url, admin):
-        servers = {
-            "off": start_server("ours", redis_url),
-            "on": start_server("ours", redis_url, metrics=True),
-        }
+        server = start_server("ours", redis_url, metrics=True)
         try:
-            for server in servers.values():  # the hub, its pools and the code paths warm
-                await saturation(server, WARM_STREAMS, WARM_EVENTS, admin)
-            ratios = await pairs(servers, arguments, admin)
-            counted = delivered_total(servers["on"].port)
+            await saturation(server, WARM_STREAMS, WARM_EVENTS, admin)  # the hub, pools, paths
+            ratios = await pairs(server, arguments, admin)
+            counted = delivered_total(server.port)
         finally:
-            for server in servers.values():
-                server.stop()
+            server.stop()
     expected = len(ratios) * arguments.events * arguments.n + WARM_STREAMS * WARM_EVENTS
     print(f"metrics on: {counted:,.0f} deliveries counted (at least {expected:,} expected)")
     if counted < expected:
@@ -82,6 +79,13 @@ async def measure(arguments: argparse.Namespace) -> None:
         f"{math.exp(mean - spread):.3f} to {math.exp(mean + spread):.3f}); "
         f"pairs from {min(ratios):.3f} to {max(ratios):.3f}, {len(ratios)} pairs"
     )
+
+
+def switch(server: Server, side: str) -> None:
+    """Turn the server's counting on or off (``bench.app``'s ``/metrics/switch``)."""
+    url = f"http://127.0.0.1:{server.port}/metrics/switch?on={int(side == 'on')}"
+    with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=10):
+        pass
 
 
 def hooks() -> None:
@@ -103,19 +107,18 @@ def hooks() -> None:
         shutil.rmtree(directory)
 
 
-async def pairs(
-    servers: dict[str, Server], arguments: argparse.Namespace, admin: redis.Redis
-) -> list[float]:
+async def pairs(server: Server, arguments: argparse.Namespace, admin: redis.Redis) -> list[float]:
     ratios = []
     for number in range(arguments.pairs):
         order = ("off", "on") if number % 2 == 0 else ("on", "off")
         cost = {}
         for side in order:
-            result = await saturation(servers[side], arguments.n, arguments.events, admin)
+            switch(server, side)
+            result = await saturation(server, arguments.n, arguments.events, admin)
             if result["lost"] or result["duplicated"] or result["out_of_order"]:
                 raise SystemExit(f"metrics {side}: {result}")
             cost[side] = result["cpu_us_per_delivery"]
-            wait_idle(servers[side])
+            wait_idle(server)
         ratios.append(cost["on"] / cost["off"])
         print(
             f"pair {number + 1}: off {cost['off']:.2f} us, on {cost['on']:.2f} us, "
