@@ -17,11 +17,12 @@ from flask.cli import with_appcontext
 
 from . import presence
 from .config import channel_problem
+from .event_ids import parse_last_event_id
 from .hub import HubUnavailable
 from .message import read_wire
 from .registry import history_for, is_cluster, redis_client
 from .state import SSEState, app_state
-from .stream import listen, parse_last_event_id
+from .stream import listen
 
 
 def _state() -> SSEState:

@@ -29,7 +29,7 @@ from .links import READ_TIMEOUT
 from .naming import Names
 from .presence import Presence
 from .routing import ClusterRouter, Router
-from .transport import sibling_workers
+from .servers import sibling_workers
 
 logger = logging.getLogger("flask_sse")
 

@@ -1,14 +1,10 @@
 """One client's stream: the opening lines, resume from history, live events.
 
-Ids: with history on, the ``id`` of every event is a history position, so
-whatever id a browser sends back in ``Last-Event-ID`` says where to resume.
-A stream on several channels sends one position per channel, comma-separated
-in the order of its ``channel`` parameters (``"1700000000000-0,0-0"``): short,
-bounded by ``SSE_MAX_CHANNELS``, and enough to resume every channel. A client
-may leave a part empty to start that channel from now (``"1700000000000-0,"``):
-how the JavaScript client adds a channel without losing the others' place. The
-first lines already carry the current positions, so even a browser that has
-received no event yet resumes from where it connected.
+Ids: with history on, the ``id`` of every event is a history position, one
+per channel (``event_ids.py``), so whatever id a browser sends back in
+``Last-Event-ID`` says where to resume. The first lines already carry the
+current positions, so even a browser that has received no event yet resumes
+from where it connected.
 
 The seam: the subscription is taken before history is read, so an event
 published meanwhile is both in history and in the live queue; positions make
@@ -27,7 +23,8 @@ import redis
 from . import handover, metrics, registry
 from .config import SSEConfig
 from .delivery import Delivery, from_history
-from .history import History, Position, format_position, parse_position
+from .event_ids import format_last_event_id
+from .history import History, Position
 from .hub import Hub
 from .refusal import jittered
 from .subscription import CloseReason, Subscription
@@ -40,47 +37,6 @@ logger = logging.getLogger("flask_sse")
 KEEPALIVE = b":\n\n"
 #: Seconds a stream may hold the count of the events it wrote before adding it.
 COUNT_EVERY = 1.0
-#: Longest text one channel's position takes in an id.
-_POSITION_LENGTH = 41
-
-
-def parse_last_event_id(text: str, channels: tuple[str, ...]) -> dict[str, Position]:
-    """The per-channel positions of a ``Last-Event-ID``; ``ValueError`` says what is wrong.
-
-    An empty part means "from now" for its channel and leaves it out of the
-    result: ``"1700000000000-3,"`` resumes the first of two channels and
-    starts the second where it is. A client changing its channels sends that
-    form (the ids this server sends never have empty parts).
-    """
-    if len(text) > _POSITION_LENGTH * len(channels):
-        raise ValueError(
-            f"Last-Event-ID is {len(text)} characters long: longer than any id this stream sends."
-        )
-    parts = text.split(",")
-    if len(parts) != len(channels):
-        raise ValueError(
-            f"Last-Event-ID has {len(parts)} positions but the stream has {len(channels)} "
-            "channels: resume with the same channel parameters, in the same order."
-        )
-    positions = {}
-    for channel, part in zip(channels, parts, strict=True):
-        if not part:
-            continue  # this channel starts from now
-        position = parse_position(part)
-        if position is None:
-            raise ValueError(
-                f"Last-Event-ID {text[:100]!r} is not an id this stream sent: expected "
-                "'<milliseconds>-<sequence>' for each channel, or nothing for a channel "
-                "that starts from now, separated by commas."
-            )
-        positions[channel] = position
-    return positions
-
-
-def format_last_event_id(channels: tuple[str, ...], positions: dict[str, Position]) -> str:
-    return ",".join(format_position(positions[channel]) for channel in channels)
-
-
 def open_stream(
     hub: Hub,
     config: SSEConfig,

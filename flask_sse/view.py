@@ -17,13 +17,15 @@ from flask import current_app, jsonify, request
 
 from . import access, refusal, signals
 from .config import SSEConfig, channels_problem
+from .event_ids import parse_last_event_id
 from .history import Position
 from .hub import Hub, HubUnavailable
 from .registry import hub_for, is_cluster
+from .servers import server_problem
 from .state import app_state
-from .stream import open_stream, parse_last_event_id
+from .stream import open_stream
 from .subscription import Subscription
-from .transport import EventStreamResponse, Transport, server_problem
+from .transport import EventStreamResponse, Transport
 
 logger = logging.getLogger("flask_sse")
 
