@@ -19,11 +19,12 @@ def quick_bench(tmp_path: Path, *arguments: str) -> dict[str, Any]:
     """``python -m bench --quick --repeat 1`` with ``arguments``: the results it wrote."""
     _need("redis-server")
     output = tmp_path / "results"
-    subprocess.run(
+    finished = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--repeat", "1", *arguments,
          "--output", str(output)],
-        cwd=ROOT, check=True, timeout=300, capture_output=True,
+        cwd=ROOT, timeout=300, capture_output=True, text=True,
     )
+    assert finished.returncode == 0, f"the benchmark failed:\n{finished.stderr[-4000:]}"
     results: dict[str, Any] = json.loads(output.with_suffix(".json").read_text())
     return results
 
