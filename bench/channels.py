@@ -18,6 +18,7 @@ from .servers import OURS, raise_file_limit, redis_server, start_server
 
 #: (scenario, figure, label) printed for each run and as medians.
 FIGURES = (
+    ("many channels", "server_cpu_us_per_event", "both workers' CPU per event (us)"),
     ("many channels", "subscriber_cpu_us_per_event", "subscribing worker's CPU per event (us)"),
     ("many channels", "redis_cpu_us_per_event", "Redis CPU per event (us)"),
     ("publish call", "caller_us", "one publish call: the caller's CPU (us)"),

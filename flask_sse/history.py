@@ -29,6 +29,7 @@ from typing import Any
 import redis
 
 from .batching import Batcher
+from .commands import DirectCalls, pack
 from .naming import Names
 
 #: A position in a channel's history: the stream entry id as (ms, seq).
@@ -121,6 +122,11 @@ class History:
         self._client = client
         self.names = names = names or Names()
         self._append_and_publish = client.register_script(_APPEND_AND_PUBLISH)
+        #: the script's calls, sent without redis-py's command path (``commands.py``);
+        #: None on a cluster, or once the pool's connections turn out to have no socket
+        self._direct: DirectCalls | None = None
+        if not isinstance(client, redis.cluster.RedisCluster):
+            self._direct = DirectCalls(client.connection_pool)
         #: single-channel publishes, sent together when they meet (``batching.py``)
         self._publishes: Batcher[tuple[list[str], list[Any]], list[Any]] = Batcher(self._send)
         #: SPUBLISH on a cluster (sharded pub/sub), PUBLISH otherwise
@@ -152,22 +158,28 @@ class History:
         """
         _check_payload(payload)
         calls = [self._script_call(channel, payload, maxlen, ttl, identity) for channel in channels]
-        try:
-            results = self._pipelined(calls)
-        except redis.exceptions.NoScriptError:
-            # a server that has not run the script yet (once per server, or
-            # after SCRIPT FLUSH or a restart): load it everywhere, send again;
-            # the channels that ran it the first time see a repeat now
-            self._client.script_load(_APPEND_AND_PUBLISH)
-            results = self._pipelined(calls)
-        return [(position.decode() or None, int(receivers)) for position, receivers in results]
+        published = []
+        for result in self._send(calls):
+            if isinstance(result, Exception):
+                raise result
+            position, receivers = result
+            published.append((position.decode() or None, int(receivers)))
+        return published
 
     def _send(self, calls: list[tuple[list[str], list[Any]]]) -> list[list[Any] | Exception]:
-        """Publishes that met: one alone as it is, several in one pipeline.
+        """The script's calls (publishes that met, or one on many channels) in one round trip
+        per Redis server.
 
-        Each gets its own result or error; after a NOSCRIPT the whole
-        pipeline is sent again, as in :meth:`publish_many`.
+        Each gets its own result or error. A server that has not run the
+        script yet (once per server, or after SCRIPT FLUSH or a restart)
+        answers NOSCRIPT: it is loaded and the whole batch sent again; the
+        calls that ran the first time see a repeat of their identity then.
         """
+        if self._direct is not None:
+            results = self._send_directly(calls)
+            if results is not None:
+                return results
+            self._direct = None  # the embedded broker: no socket to write to
         if len(calls) == 1:
             keys, args = calls[0]
             return [self._append_and_publish(keys, args)]
@@ -175,6 +187,21 @@ class History:
         if any(isinstance(result, redis.exceptions.NoScriptError) for result in results):
             self._client.script_load(_APPEND_AND_PUBLISH)
             results = self._pipelined(calls, raise_on_error=False)
+        return results
+
+    def _send_directly(
+        self, calls: list[tuple[list[str], list[Any]]]
+    ) -> list[list[Any] | Exception] | None:
+        """:meth:`_send` through :class:`DirectCalls`; ``None`` if it cannot be used."""
+        assert self._direct is not None
+        sha = self._append_and_publish.sha
+        commands = [pack(["EVALSHA", sha, len(keys), *keys, *args]) for keys, args in calls]
+        results = self._direct.send(commands)
+        if results is not None and any(
+            isinstance(result, redis.exceptions.NoScriptError) for result in results
+        ):
+            self._client.script_load(_APPEND_AND_PUBLISH)
+            results = self._direct.send(commands)
         return results
 
     def _pipelined(

@@ -11,6 +11,9 @@ link reconnects.
 
 Connections without a socket of the operating system's (the embedded
 broker's) are read through redis-py, as before.
+
+:func:`read_answers` reads a command connection's replies the same way, for
+``commands.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import ConnectionError, InvalidResponse, ResponseError
+from redis._parsers import BaseParser
+from redis.exceptions import ConnectionError, InvalidResponse
 
 #: What a reader returns: the replies that came, or ``[]`` after ``timeout`` of silence.
 ReadReplies = Callable[[], list[Any]]
@@ -65,12 +69,48 @@ class SocketReplies:
             reply, end = _parse(buffer, position)
             if reply is _INCOMPLETE:
                 break
-            if isinstance(reply, ResponseError):
+            if isinstance(reply, Exception):
                 raise reply
             replies.append(reply)
             position = end
         self._buffer = buffer[position:]
         return replies
+
+
+class Push(list[Any]):
+    """A push message (RESP3): sent by the server unasked, not the reply to a command."""
+
+
+def read_answers(sock: socket.socket, count: int) -> list[Any]:
+    """The replies to the ``count`` commands just sent on ``sock``, in order.
+
+    An error reply comes back as its exception (redis-py's class for it),
+    not raised. Push messages are skipped: a command connection gets them
+    only for features this package does not turn on (client-side caching,
+    maintenance notifications of managed Redis services). Raises
+    ``TimeoutError`` after the socket's timeout of silence, and
+    ``redis.ConnectionError`` if Redis closes the connection or sends more
+    than was asked.
+    """
+    answers: list[Any] = []
+    buffer = b""
+    while len(answers) < count or buffer:  # a push message begun is read to its end
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("Redis closed the connection")
+        buffer += data
+        position = 0
+        while position < len(buffer):
+            reply, end = _parse(buffer, position)
+            if reply is _INCOMPLETE:
+                break
+            if not isinstance(reply, Push):
+                if len(answers) == count:
+                    raise ConnectionError(f"Redis sent more replies than commands: {reply!r:.60}")
+                answers.append(reply)
+            position = end
+        buffer = buffer[position:]
+    return answers
 
 
 def _parse(buffer: bytes, start: int) -> tuple[Any, int]:
@@ -96,11 +136,11 @@ def _parse(buffer: bytes, start: int) -> tuple[Any, int]:
             if item is _INCOMPLETE:
                 return _INCOMPLETE, start
             items.append(item)
-        return items, after
+        return (Push(items) if kind == 62 else items), after
     if kind in _LINES:
         return line, after
     if kind == 45:  # - error
-        return ResponseError(line.decode("utf-8", "replace")), after
+        return BaseParser.parse_error(line.decode("utf-8", "replace")), after  # type: ignore[no-untyped-call]
     if kind == 95:  # _ null (RESP3)
         return None, after
     raise InvalidResponse(f"Unexpected reply from Redis: {buffer[start:line_end][:40]!r}")

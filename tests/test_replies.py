@@ -72,12 +72,15 @@ def test_silence_is_no_reply_and_a_closed_connection_an_error(
         reader.read()
 
 
-def test_an_error_reply_is_raised_and_an_unknown_reply_is_refused(
+def test_an_error_reply_is_raised_as_redis_py_s_exception_and_an_unknown_reply_is_refused(
     pair: tuple[socket.socket, SocketReplies],
 ) -> None:
     server, reader = pair
     server.sendall(b"-NOAUTH Authentication required.\r\n")
-    with pytest.raises(ResponseError, match="NOAUTH"):
+    with pytest.raises(redis.exceptions.AuthenticationError, match="Authentication required"):
+        reader.read()
+    server.sendall(b"-ERR unknown command 'FOO'\r\n")
+    with pytest.raises(ResponseError, match="unknown command"):
         reader.read()
     server.sendall(b"|1\r\n")  # a RESP3 attribute: never sent to a subscribed connection
     with pytest.raises(InvalidResponse, match="Unexpected reply"):
