@@ -22,6 +22,7 @@ FIGURES = (
     ("many channels", "subscriber_cpu_us_per_event", "subscribing worker's CPU per event (us)"),
     ("many channels", "redis_cpu_us_per_event", "Redis CPU per event (us)"),
     ("publish call", "caller_us", "one publish call: the caller's CPU (us)"),
+    ("publish call", "caller_user_us", "one publish call: the caller's CPU, user space (us)"),
     ("publish call", "redis_us", "one publish call: Redis CPU (us)"),
 )
 

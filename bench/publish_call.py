@@ -6,8 +6,10 @@ in an app context of ``bench.app``, as a view or a task publishes.
 one keep-alive ``http.client`` connection, as a Flask app publishes to nchan.
 
 Event ``i`` goes to channel ``c<i % CHANNELS>``. Prints the caller's CPU per
-call in microseconds (``time.process_time``), after a warm-up; the servers'
-and Redis's CPU are read around it by ``bench.run``.
+call in microseconds after a warm-up: in all, then its user and system parts
+(``os.times``; the system part, the kernel's work for the round trip, varies
+the most from run to run on a virtual machine); the servers' and Redis's CPU
+are read around it by ``bench.run``.
 """
 
 from __future__ import annotations
@@ -55,10 +57,12 @@ def main() -> None:
     publish = sse_publish(target) if kind == "ours" else http_publish(int(target))
     for seq in range(WARM_UP):
         publish(f"{seq} {time.time():.6f}", f"w{seq % channels}")
-    started = time.process_time()
+    started = os.times()
     for seq in range(count):
         publish(f"{seq} {time.time():.6f}", f"c{seq % channels}")
-    print(1e6 * (time.process_time() - started) / count)
+    ended = os.times()
+    user, system = ended.user - started.user, ended.system - started.system
+    print(*(f"{1e6 * seconds / count:.2f}" for seconds in (user + system, user, system)))
 
 
 if __name__ == "__main__":

@@ -182,6 +182,8 @@ ROWS = [
     ("many channels", "redis_cpu_us_per_event", "{channels:,} channels: Redis CPU per event (us)",
      "{:.0f}"),
     ("publish call", "caller_us", "one publish call: the caller's CPU (us)", "{:.0f}"),
+    ("publish call", "caller_user_us", "one publish call: the caller's CPU, user space (us)",
+     "{:.0f}"),
     ("publish call", "server_us", "one publish call: the server's CPU (us)", "{:.0f}"),
     ("publish call", "redis_us", "one publish call: Redis CPU (us)", "{:.0f}"),
 ]
