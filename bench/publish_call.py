@@ -7,7 +7,7 @@ one keep-alive ``http.client`` connection, as a Flask app publishes to nchan.
 
 Event ``i`` goes to channel ``c<i % CHANNELS>``. Prints the caller's CPU per
 call in microseconds after a warm-up: in all, then its user and system parts
-(``os.times``; the system part, the kernel's work for the round trip, varies
+(``getrusage``; the system part, the kernel's work for the round trip, varies
 the most from run to run on a virtual machine); the servers' and Redis's CPU
 are read around it by ``bench.run``.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -57,12 +58,12 @@ def main() -> None:
     publish = sse_publish(target) if kind == "ours" else http_publish(int(target))
     for seq in range(WARM_UP):
         publish(f"{seq} {time.time():.6f}", f"w{seq % channels}")
-    started = os.times()
+    started, started_user = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_utime
     for seq in range(count):
         publish(f"{seq} {time.time():.6f}", f"c{seq % channels}")
-    ended = os.times()
-    user, system = ended.user - started.user, ended.system - started.system
-    print(*(f"{1e6 * seconds / count:.2f}" for seconds in (user + system, user, system)))
+    cpu = time.process_time() - started
+    user = resource.getrusage(resource.RUSAGE_SELF).ru_utime - started_user
+    print(*(f"{1e6 * seconds / count:.2f}" for seconds in (cpu, user, cpu - user)))
 
 
 if __name__ == "__main__":

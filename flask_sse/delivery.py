@@ -25,7 +25,9 @@ class Delivery:
     when the hub received it (``time.monotonic()``).
     """
 
-    __slots__ = ("channel", "position", "chunk", "created", "baseline", "_message", "_body")
+    __slots__ = (
+        "channel", "position", "chunk", "created", "baseline", "framed", "_message", "_body",
+    )
 
     def __init__(self, channel: str, message: Message) -> None:
         self.channel = channel
@@ -34,6 +36,9 @@ class Delivery:
         self.created = time.monotonic()
         #: for a ``reset`` after history was lost: where the channel starts again
         self.baseline: Position | None = None
+        #: ``chunk`` as an HTTP/1.1 chunk, made by the first direct write
+        #: (``transport.DirectWriter``) and shared by every other
+        self.framed: bytes | None = None
         self._message = message
         self._body: bytes | None = None
 

@@ -184,7 +184,7 @@ class LiveStream:
         self.direct: DirectWriter | None = None
         if config.direct_write:
             self.direct = transport.direct_writer(subscription, history, positions, yielded)
-        subscription.write_directly_with(self.direct)
+        subscription.write_directly_with(None if self.direct is None else self.direct.write)
 
     def next_wake(self) -> float:
         return min(self._last_write + self._keepalive, self._next_check, self._deadline)

@@ -13,7 +13,7 @@ from flask_sse import Message
 from flask_sse.delivery import Delivery
 from flask_sse.history import Position
 from flask_sse.subscription import Subscription
-from flask_sse.transport import DirectWriter, Transport, http_chunk
+from flask_sse.transport import DirectWriter, Transport, frame
 
 
 class NoScheduler:
@@ -62,7 +62,7 @@ def test_writes_one_http_chunk_and_moves_the_position(pair: tuple[socket.socket,
     server, client = pair
     positions = {"news": (1, 0)}
     writer, subscription = writer_for(server, positions)
-    assert writer(delivery("hi", "5-0"))
+    assert writer.write(delivery("hi", "5-0"))
     assert read_all(client) == b"10\r\ndata:hi\nid:5-0\n\n\r\n"
     assert positions == {"news": (5, 0)}
     assert writer.last_write > 0  # no keepalive is due right after
@@ -73,15 +73,15 @@ def test_skips_what_the_client_has_and_leaves_idless_events_to_the_stream(
 ) -> None:
     server, client = pair
     writer, _ = writer_for(server, {"news": (5, 0)})
-    assert not writer(delivery("old", "5-0"))  # not written: queued, the stream skips it
-    assert not writer(delivery("raw publish", None))  # the stream renders it without id
+    assert not writer.write(delivery("old", "5-0"))  # not written: queued, the stream skips it
+    assert not writer.write(delivery("raw publish", None))  # the stream renders it without id
     assert read_all(client) == b""
 
 
 def test_without_history_ids_pass_through(pair: tuple[socket.socket, socket.socket]) -> None:
     server, client = pair
     writer, _ = writer_for(server, {"news": (0, 0)}, history=False)
-    assert writer(delivery("x", "anything"))
+    assert writer.write(delivery("x", "anything"))
     assert read_all(client) == b"14\r\ndata:x\nid:anything\n\n\r\n"
 
 
@@ -98,14 +98,14 @@ def test_a_full_socket_keeps_the_rest_for_the_stream(pair: tuple[socket.socket, 
     client.setblocking(True)
     drained = client.recv(30_000, socket.MSG_WAITALL)  # room for part of the next event
     first, second = delivery("a" * 200_000, "1-0"), delivery("b", "2-0")
-    assert writer(first)  # taken: part written, the rest kept
-    assert writer.remainder and http_chunk(first).endswith(writer.remainder)
+    assert writer.write(first)  # taken: part written, the rest kept
+    assert writer.remainder and frame(first.chunk).endswith(writer.remainder)
     assert subscription._wakeup.is_set()  # the stream's greenlet must send the rest
-    assert not writer(second)  # must wait behind the rest: queued, not written
+    assert not writer.write(second)  # must wait behind the rest: queued, not written
     received = [drained]
 
     def read_rest() -> None:
-        expected = sent + len(http_chunk(first)) - len(drained)
+        expected = sent + len(frame(first.chunk)) - len(drained)
         while expected:
             piece = client.recv(expected)
             received.append(piece)
@@ -116,15 +116,15 @@ def test_a_full_socket_keeps_the_rest_for_the_stream(pair: tuple[socket.socket, 
     server.setblocking(True)
     assert writer.flush()
     reader.join(10)
-    assert b"".join(received) == b"f" * sent + http_chunk(first)
-    assert writer(second)  # all sent: the next one goes straight out again
+    assert b"".join(received) == b"f" * sent + frame(first.chunk)
+    assert writer.write(second)  # all sent: the next one goes straight out again
 
 
 def test_a_closed_client_is_noticed(pair: tuple[socket.socket, socket.socket]) -> None:
     server, client = pair
     writer, subscription = writer_for(server, {"news": (0, 0)})
     client.close()
-    while writer(delivery("x" * 1000, "9-0")):  # written until the socket breaks
+    while writer.write(delivery("x" * 1000, "9-0")):  # written until the socket breaks
         pass
     assert writer.broken
     assert subscription._wakeup.is_set()
