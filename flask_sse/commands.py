@@ -1,11 +1,10 @@
 """Sending the history script's calls on a pool's connection with little work per call.
 
-A publish is one ``EVALSHA`` whose answer is two short values. Through
-redis-py's command path, packing each argument through its encoder, a retry
-wrapper, its observability hooks and a layered parser cost the calling
-process about as much as the two system calls the call needs (about 130 us
-a call against 85 this way, measured alone on a 2-core machine). So
-:class:`DirectCalls` borrows a connection from the pool as any command does
+A publish is one ``EVALSHA`` whose answer is two short values. redis-py's
+command path (each argument through its encoder, a retry wrapper, its
+observability hooks, a layered parser) was a quarter of a publish call's
+user CPU: 132 us a call through it, 99 this way (see docs/performance.md).
+So :class:`DirectCalls` borrows a connection from the pool as any command does
 (the pool's checks for a fork and for a broken connection still apply),
 sends the calls it is given, packed by :func:`pack`, in one write
 (redis-py's ``send_packed_command``), reads as many replies with
