@@ -73,3 +73,12 @@ def test_a_quick_storm_run_moves_every_client_without_loss() -> None:
     for row in rows:
         lost, duplicated = row.strip("| ").split(" | ")[-2:]
         assert (lost, duplicated) == ("0", "0"), row
+
+
+def test_the_fan_out_measure_writes_every_event_to_every_socket() -> None:
+    """``bench.fanout``: the package's fan-out and the bare loop each wrote all they were given."""
+    finished = subprocess.run(
+        [sys.executable, "-m", "bench.fanout", "--streams", "20", "--rounds", "2"],
+        cwd=ROOT, check=True, timeout=120, capture_output=True, text=True,
+    )
+    assert "the package's own" in finished.stdout, finished.stdout
