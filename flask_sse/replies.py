@@ -62,18 +62,10 @@ class SocketReplies:
             return []
         if not data:
             raise ConnectionError("Redis closed the connection")
-        buffer = self._buffer + data if self._buffer else data
-        replies = []
-        position = 0
-        while position < len(buffer):
-            reply, end = _parse(buffer, position)
-            if reply is _INCOMPLETE:
-                break
+        replies, self._buffer = _complete(self._buffer + data if self._buffer else data)
+        for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-            replies.append(reply)
-            position = end
-        self._buffer = buffer[position:]
         return replies
 
 
@@ -98,19 +90,27 @@ def read_answers(sock: socket.socket, count: int) -> list[Any]:
         data = sock.recv(65536)
         if not data:
             raise ConnectionError("Redis closed the connection")
-        buffer += data
-        position = 0
-        while position < len(buffer):
-            reply, end = _parse(buffer, position)
-            if reply is _INCOMPLETE:
-                break
-            if not isinstance(reply, Push):
-                if len(answers) == count:
-                    raise ConnectionError(f"Redis sent more replies than commands: {reply!r:.60}")
-                answers.append(reply)
-            position = end
-        buffer = buffer[position:]
+        replies, buffer = _complete(buffer + data)
+        for reply in replies:
+            if isinstance(reply, Push):
+                continue
+            if len(answers) == count:
+                raise ConnectionError(f"Redis sent more replies than commands: {reply!r:.60}")
+            answers.append(reply)
     return answers
+
+
+def _complete(buffer: bytes) -> tuple[list[Any], bytes]:
+    """Every complete reply at the start of ``buffer``, and the rest (a reply still coming)."""
+    replies = []
+    position = 0
+    while position < len(buffer):
+        reply, end = _parse(buffer, position)
+        if reply is _INCOMPLETE:
+            break
+        replies.append(reply)
+        position = end
+    return replies, buffer[position:]
 
 
 def _parse(buffer: bytes, start: int) -> tuple[Any, int]:
