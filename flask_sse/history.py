@@ -175,34 +175,26 @@ class History:
         answers NOSCRIPT: it is loaded and the whole batch sent again; the
         calls that ran the first time see a repeat of their identity then.
         """
+        results = self._send_once(calls)
+        if any(isinstance(result, redis.exceptions.NoScriptError) for result in results):
+            self._client.script_load(_APPEND_AND_PUBLISH)
+            results = self._send_once(calls)
+        return results
+
+    def _send_once(self, calls: list[tuple[list[str], list[Any]]]) -> list[list[Any] | Exception]:
+        """:meth:`_send` without its NOSCRIPT retry: through :class:`DirectCalls` where it
+        can be used, else one alone through redis-py's script object, several in a pipeline."""
         if self._direct is not None:
-            results = self._send_directly(calls)
+            sha = self._append_and_publish.sha
+            commands = [pack(["EVALSHA", sha, len(keys), *keys, *args]) for keys, args in calls]
+            results = self._direct.send(commands)
             if results is not None:
                 return results
             self._direct = None  # the embedded broker: no socket to write to
         if len(calls) == 1:
             keys, args = calls[0]
             return [self._append_and_publish(keys, args)]
-        results = self._pipelined(calls, raise_on_error=False)
-        if any(isinstance(result, redis.exceptions.NoScriptError) for result in results):
-            self._client.script_load(_APPEND_AND_PUBLISH)
-            results = self._pipelined(calls, raise_on_error=False)
-        return results
-
-    def _send_directly(
-        self, calls: list[tuple[list[str], list[Any]]]
-    ) -> list[list[Any] | Exception] | None:
-        """:meth:`_send` through :class:`DirectCalls`; ``None`` if it cannot be used."""
-        assert self._direct is not None
-        sha = self._append_and_publish.sha
-        commands = [pack(["EVALSHA", sha, len(keys), *keys, *args]) for keys, args in calls]
-        results = self._direct.send(commands)
-        if results is not None and any(
-            isinstance(result, redis.exceptions.NoScriptError) for result in results
-        ):
-            self._client.script_load(_APPEND_AND_PUBLISH)
-            results = self._direct.send(commands)
-        return results
+        return self._pipelined(calls, raise_on_error=False)
 
     def _pipelined(
         self, calls: list[tuple[list[str], list[Any]]], raise_on_error: bool = True
