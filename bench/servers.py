@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -204,7 +205,28 @@ def start_server(
         children = Path(f"/proc/{pid}/task/{pid}/children")
         wait_until(lambda: children.read_text().strip() != "", 30, "gunicorn's worker")
         pid = int(children.read_text().split()[0])
-    return Server(name, port, process, pid, directory)
+    server = Server(name, port, process, pid, directory)
+    if name in NCHAN:
+        try:
+            wait_until(lambda: _nchan_ready(port), 30, f"{name} to reach its store")
+        except RuntimeError as error:
+            log = (directory / "error.log").read_text() if directory is not None else ""
+            server.stop()
+            raise RuntimeError(f"{error}; its error log:\n{log}") from None
+    return server
+
+
+def _nchan_ready(port: int) -> bool:
+    """Whether nchan answers: until its worker has connected to Redis, every stream
+    and publish gets a 503 (the listening socket is ours, so accepting proves nothing)."""
+    url = f"http://127.0.0.1:{port}/publish?channel=bench-ready"
+    try:
+        with urllib.request.urlopen(url, timeout=5):
+            return True
+    except urllib.error.HTTPError as error:
+        return error.code != 503  # 404: no such channel yet, the store answered
+    except OSError:
+        return False
 
 
 def nodelay_listener(port: int) -> socket.socket:
