@@ -34,6 +34,8 @@ class Tally:
     record_latency: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
     connected: int = 0
+    #: status lines of the streams the server refused (connect gives up at the first)
+    refused: list[bytes] = field(default_factory=list)
 
 
 class Subscriber(asyncio.Protocol):
@@ -69,7 +71,10 @@ class Subscriber(asyncio.Protocol):
                 self.buffer = head
                 return
             if not head.startswith(b"HTTP/1.1 200"):
-                raise RuntimeError(f"stream refused: {head[:100]!r}")
+                self.tally.refused.append(head.partition(b"\r\n")[0])
+                assert self.transport is not None
+                self.transport.close()
+                return
             self.headers_done = True
             self.tally.connected += 1
         end = buffer.rfind(b"\n\n")
@@ -125,6 +130,8 @@ async def connect(
     while (
         tally.connected < count and admin.pubsub_numsub("bench")[0][1] < subscribed_before + count
     ):
+        if tally.refused:
+            raise RuntimeError(f"{len(tally.refused)} streams refused: {tally.refused[0]!r}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {tally.connected} of {count} streams opened")
         await asyncio.sleep(0.05)
