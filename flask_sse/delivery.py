@@ -12,7 +12,7 @@ import logging
 import time
 
 from .history import Position, parse_position
-from .message import Message
+from .message import EventId, Message, plain_wire_form
 
 logger = logging.getLogger("flask_sse")
 
@@ -26,25 +26,42 @@ class Delivery:
     """
 
     __slots__ = (
-        "channel", "position", "chunk", "created", "baseline", "framed", "_message", "_body",
+        "channel", "position", "chunk", "created", "baseline", "framed", "_message", "_payload",
+        "_body",
     )
 
     def __init__(self, channel: str, message: Message) -> None:
+        self._start(channel, message.encode(), message.id)
+        self._message: Message | None = message
+        self._payload = b""
+
+    def _start(self, channel: str, chunk: bytes, event_id: EventId | None) -> None:
         self.channel = channel
-        self.position = parse_position(message.id)
-        self.chunk = message.encode()
+        self.chunk = chunk
+        self.position = parse_position(event_id)
         self.created = time.monotonic()
         #: for a ``reset`` after history was lost: where the channel starts again
         self.baseline: Position | None = None
         #: ``chunk`` as an HTTP/1.1 chunk, made by the first direct write
         #: (``transport.DirectWriter``) and shared by every other
         self.framed: bytes | None = None
-        self._message = message
         self._body: bytes | None = None
 
     @classmethod
     def decode(cls, channel: str, payload: bytes) -> Delivery | None:
-        """A payload from Redis, or ``None`` if it is unusable (logged)."""
+        """A payload from Redis, or ``None`` if it is unusable (logged).
+
+        The common payload is encoded straight from its JSON
+        (``message.plain_wire_form``), without a :class:`Message` until
+        :meth:`body` needs one: this runs for every message the hub reads.
+        """
+        wire = plain_wire_form(payload)
+        if wire is not None:
+            delivery = cls.__new__(cls)
+            delivery._start(channel, *wire)
+            delivery._message = None
+            delivery._payload = payload
+            return delivery
         try:
             message = Message.from_payload(payload)
             return None if message is None else cls(channel, message)
@@ -71,6 +88,9 @@ class Delivery:
         """
         if self._body is None:
             message = self._message
+            if message is None:  # decoded the short way
+                message = self._message = Message.from_payload(self._payload)
+                assert message is not None, "plain_wire_form took a payload Message refuses"
             without_id = Message(message.data, type=message.type, retry=message.retry)
             self._body = without_id.encode()[:-1]
         return self._body

@@ -7,6 +7,7 @@ through, so it is kept pure and tested with tables of exact bytes.
 from __future__ import annotations
 
 import json
+import json.scanner
 import logging
 import math
 import re
@@ -139,6 +140,57 @@ class Message:
             payload,
         )
         return None
+
+
+#: The JSON decoder's own scanner: one C call for a payload, without the
+#: Python layers of ``json.loads`` around it (see :func:`plain_wire_form`).
+_scan_json = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+
+
+def plain_wire_form(payload: bytes) -> tuple[bytes, str | None] | None:
+    """The wire form and ``id`` of the most common payload, or ``None`` for any other.
+
+    The hub decodes every message it reads, and for the payloads this
+    package itself publishes (a JSON object of ``data`` on one line, maybe a
+    string ``id`` and a ``type``, no ``retry``) this makes exactly the bytes
+    ``Message.from_payload(payload).encode()`` would, with a fraction of the
+    work: no :class:`Message`, no checks that cannot fail. Anything else
+    (other keys, several lines, a field to sanitise, text that needs
+    repair) returns ``None``, and the caller takes the general way.
+    """
+    try:
+        text = payload.decode()
+        decoded, end = _scan_json(text, 0)
+    except (UnicodeDecodeError, StopIteration, ValueError, RecursionError):
+        return None
+    if end != len(text) or type(decoded) is not dict or "data" not in decoded:
+        return None
+    event_id, event_type = decoded.get("id"), decoded.get("type")
+    if len(decoded) != 1 + (event_id is not None) + (event_type is not None):
+        return None  # a retry, another key, or a field set to null
+    data = decoded["data"]
+    if type(data) is not str:
+        data = json.dumps(data)  # one line: JSON escapes its line ends
+    elif "\n" in data or "\r" in data:
+        return None
+    if data.startswith(" ") or not (_as_is(event_type) and _as_is(event_id)):
+        return None
+    wire = f"data:{data}\n"
+    if event_type:  # Message writes no event line for an empty type either
+        wire = f"event:{event_type}\n{wire}"
+    if event_id is not None:
+        wire += f"id:{event_id}\n"
+    try:
+        return (wire + "\n").encode(), event_id
+    except UnicodeEncodeError:  # a lone surrogate: Message.encode repairs it
+        return None
+
+
+def _as_is(value: object) -> bool:
+    """Whether a ``type`` or ``id`` from Redis is absent or goes on the wire as it is."""
+    return value is None or (
+        type(value) is str and not value.startswith(" ") and not _FIELD_BREAKERS.search(value)
+    )
 
 
 def non_finite_path(data: Any, path: str = "data") -> str | None:

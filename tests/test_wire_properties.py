@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flask_sse import Message
+from flask_sse.message import plain_wire_form
 
 from .sse_client import parse
 
@@ -78,6 +79,56 @@ def test_payloads_from_other_publishers_are_sanitised_or_skipped(payload: str | 
     parser = read_back(message)
     assert len(parser.events) == 1
     assert parser.comments == []
+
+
+@EXAMPLES
+@given(payload=st.one_of(
+    st.dictionaries(st.sampled_from(["data", "type", "id", "retry", "other"]), json_values).map(json.dumps),
+    st.fixed_dictionaries(
+        {"data": st.one_of(any_text, json_values)},
+        optional={"type": any_text, "id": st.one_of(any_text, st.integers())},
+    ).map(json.dumps),
+    st.fixed_dictionaries({"data": json_values}, optional={"type": any_text, "id": any_text}).map(
+        lambda fields: json.dumps(fields, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    ),
+    st.binary(max_size=64),
+))
+def test_the_short_way_makes_the_same_bytes_or_declines(payload: str | bytes) -> None:
+    """The hub's fast decoding of common payloads is exactly the general one."""
+    raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload
+    short = plain_wire_form(raw)
+    if short is None:
+        return
+    message = Message.from_payload(raw)
+    assert message is not None
+    assert short == (message.encode(), message.id)
+
+
+@pytest.mark.parametrize(
+    ("payload", "taken"),
+    [
+        # what this package publishes: history puts the id first
+        (b'{"id":"1700000000000-3","data": "12 1700000000.5"}', True),
+        (b'{"id":"1700000000000-3","data": {"n": [1, 2]}, "type": "update"}', True),
+        (b'{"data": "x"}', True),
+        (b'{"data": "x", "type": ""}', True),
+        (b'{"data": "caf\\u00e9 \\u2028"}', True),
+        # the general way: what needs more than copying
+        (b'{"data": "a\\nb", "id": "1-0"}', False),
+        (b'{"data": " lead"}', False),
+        (b'{"data": "x", "retry": 5}', False),
+        (b'{"data": "x", "id": 5}', False),
+        (b'{"data": "x", "type": "a\\u0000"}', False),
+        (b'{"data": "\\ud800"}', False),
+        (b'["update", "x"]', False),
+        (b' {"data": "x"}', False),
+        (b'{"data": "x"} ', False),
+    ],
+)
+def test_which_payloads_take_the_short_way(payload: bytes, taken: bool) -> None:
+    message = Message.from_payload(payload)
+    assert message is not None
+    assert (plain_wire_form(payload) is not None) == taken
 
 
 def test_a_huge_payload_is_one_event() -> None:
