@@ -100,17 +100,42 @@ def read_answers(sock: socket.socket, count: int) -> list[Any]:
     return answers
 
 
+#: How every pub/sub message goes on after its first byte (``*`` in RESP2, ``>``
+#: in RESP3): read by :func:`_message`, the path nearly all a link reads takes.
+_MESSAGE = b"3\r\n$7\r\nmessage\r\n"
+
+
 def _complete(buffer: bytes) -> tuple[list[Any], bytes]:
     """Every complete reply at the start of ``buffer``, and the rest (a reply still coming)."""
     replies = []
     position = 0
     while position < len(buffer):
-        reply, end = _parse(buffer, position)
+        if buffer[position] in b"*>" and buffer.startswith(_MESSAGE, position + 1):
+            reply, end = _message(buffer, position)
+        else:
+            reply, end = _parse(buffer, position)
         if reply is _INCOMPLETE:
             break
         replies.append(reply)
         position = end
     return replies, buffer[position:]
+
+
+def _message(buffer: bytes, start: int) -> tuple[Any, int]:
+    """:func:`_parse` of a pub/sub message: its two bulk strings read in a row."""
+    after = start + 1 + len(_MESSAGE)
+    parts = [b"message"]
+    for _ in range(2):
+        line_end = buffer.find(b"\r\n", after)
+        if line_end < 0 or buffer[after] != 36:  # not yet all here, or not a $ bulk string
+            return _parse(buffer, start)
+        length = int(buffer[after + 1 : line_end])
+        after = line_end + 2 + length
+        if length < 0 or len(buffer) < after + 2:
+            return _parse(buffer, start)
+        parts.append(buffer[line_end + 2 : after])
+        after += 2
+    return (Push(parts) if buffer[start] == 62 else parts), after
 
 
 def _parse(buffer: bytes, start: int) -> tuple[Any, int]:

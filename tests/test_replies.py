@@ -37,10 +37,12 @@ RESP2 = (
     b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n"
     b"*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$11\r\n{\"a\":\"\r\n\"}x\r\n"
     b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"
+    b"*3\r\n$7\r\nmessage\r\n:5\r\n$1\r\nx\r\n"  # not the usual shape: parsed the long way
 )
 RESP3 = (
     b">3\r\n$10\r\nssubscribe\r\n$4\r\nnews\r\n:1\r\n"
     b">3\r\n$8\r\nsmessage\r\n$4\r\nnews\r\n$2\r\nhi\r\n"
+    b">3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$5\r\na\r\nbc\r\n"
     b"+PONG\r\n_\r\n%1\r\n+k\r\n#t\r\n"
 )
 
@@ -54,8 +56,10 @@ def test_replies_split_anywhere_come_out_whole_and_in_order(
         [b"subscribe", b"news", b"1"],
         [b"message", b"news", b'{"a":"\r\n"}x'],  # a payload holding CRLF is taken by its length
         [b"pong", b""],
+        [b"message", b"5", b"x"],
         [b"ssubscribe", b"news", b"1"],
         [b"smessage", b"news", b"hi"],
+        [b"message", b"news", b"a\r\nbc"],
         b"PONG",
         None,
         [b"k", b"t"],
