@@ -16,9 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flask_sse import Message
+from flask_sse import Message, sse
 from flask_sse.message import plain_wire_form
 
+from .conftest import MakeApp, RedisServer
 from .sse_client import parse
 
 EXAMPLES = settings(max_examples=2000, deadline=None)
@@ -129,6 +130,30 @@ def test_which_payloads_take_the_short_way(payload: bytes, taken: bool) -> None:
     message = Message.from_payload(payload)
     assert message is not None
     assert (plain_wire_form(payload) is not None) == taken
+
+
+@pytest.mark.parametrize("history", [1000, 0])
+def test_what_this_package_publishes_takes_the_short_way(
+    make_app: MakeApp, redis_server: RedisServer, history: int
+) -> None:
+    """The payloads ``sse.publish`` makes, as Redis carries them, are all the hub's fast case."""
+    app = make_app(redis_url=redis_server.url, SSE_HISTORY=history)
+    with redis_server.client() as listener, listener.pubsub() as pubsub:
+        pubsub.psubscribe("*")
+        assert pubsub.get_message(timeout=5) is not None  # the confirmation
+        with app.app_context():
+            sse.publish("text", channel="wire")
+            sse.publish({"price": 3, "items": ["a", "b"]}, type="quote", channel="wire")
+            sse.publish(12.5, channel="wire", id=None if history else "7")
+        payloads = []
+        while len(payloads) < 3:
+            message = pubsub.get_message(timeout=5)
+            assert message is not None, f"only {len(payloads)} of 3 publishes came"
+            payloads.append(message["data"])
+    for payload in payloads:
+        message = Message.from_payload(payload)
+        assert message is not None
+        assert plain_wire_form(payload) == (message.encode(), message.id), payload
 
 
 def test_a_huge_payload_is_one_event() -> None:
