@@ -145,7 +145,7 @@ def test_what_this_package_publishes_takes_the_short_way(
             sse.publish("text", channel="wire")
             sse.publish({"price": 3, "items": ["a", "b"]}, type="quote", channel="wire")
             sse.publish(12.5, channel="wire", id=None if history else "7")
-        payloads = []
+        payloads: list[bytes] = []
         while len(payloads) < 3:
             message = pubsub.get_message(timeout=5)
             assert message is not None, f"only {len(payloads)} of 3 publishes came"
