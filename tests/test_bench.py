@@ -84,3 +84,14 @@ def test_the_fan_out_measure_writes_every_event_to_every_socket() -> None:
         cwd=ROOT, check=True, timeout=120, capture_output=True, text=True,
     )
     assert "the package's own" in finished.stdout, finished.stdout
+
+
+def test_the_hub_path_measure_delivers_every_message() -> None:
+    """``bench.hub_path``: the hub's path and the bare loop each wrote every message to its stream."""
+    _need("redis-server")
+    finished = subprocess.run(
+        [sys.executable, "-m", "bench.hub_path", "--channels", "20", "--rounds", "1"],
+        cwd=ROOT, timeout=120, capture_output=True, text=True,
+    )
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert "the package adds" in finished.stdout, finished.stdout
