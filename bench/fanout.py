@@ -18,7 +18,7 @@ import resource
 import socket
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from flask_sse import Message
 from flask_sse.delivery import Delivery
@@ -34,18 +34,26 @@ class NoScheduler:
         pass
 
 
-class Streams:
-    """N socket pairs; the server ends with a sleeping subscription and a direct writer."""
+def unscheduled(channel: str) -> Subscription:
+    """A subscription to ``channel`` outside any hub, as a stream of one holds it."""
+    return Subscription((channel,), 10, NoScheduler())
 
-    def __init__(self, count: int) -> None:
-        self.pairs = [socket.socketpair() for _ in range(count)]
+
+class Streams:
+    """Socket pairs, one per channel given; the server ends with a sleeping subscription
+    (``subscribe``'s) and a direct writer."""
+
+    def __init__(
+        self, channels: Sequence[str], subscribe: Callable[[str], Subscription] = unscheduled
+    ) -> None:
+        self.pairs = [socket.socketpair() for _ in channels]
         self.subscriptions: list[Subscription] = []
-        for server, client in self.pairs:
+        for (server, client), channel in zip(self.pairs, channels, strict=True):
             server.setblocking(False)
             client.setblocking(False)
             client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            subscription = Subscription(("news",), 10, NoScheduler())
-            positions: dict[str, Position] = {"news": (0, 0)}
+            subscription = subscribe(channel)
+            positions: dict[str, Position] = {channel: (0, 0)}
             writer = DirectWriter(subscription, server, True, positions)
             subscription.write_directly_with(writer.write)
             subscription.sleep()  # as a parked stream between its turns
@@ -110,7 +118,7 @@ def main() -> None:
     wanted = arguments.streams * 2 + 100
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(wanted, hard)))
-    streams = Streams(arguments.streams)
+    streams = Streams(["news"] * arguments.streams)
     kinds = {"package": through_the_package(streams), "bare os.write": bare_writes(streams)}
     figures: dict[str, list[float]] = {name: [] for name in kinds}
     try:

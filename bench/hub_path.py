@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import time
 from collections.abc import Callable
@@ -34,12 +33,11 @@ def payload_of(number: int) -> bytes:
 
 
 def message(number: int, channels: int) -> bytes:
-    """Event ``number`` as Redis sends it to a link (RESP2), on ``c<number % channels>``."""
-    channel = f"c{number % channels}".encode()
-    body = payload_of(number)
-    return b"*3\r\n$7\r\nmessage\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
-        len(channel), channel, len(body), body,
-    )
+    """Event ``number`` as Redis sends it to a link (RESP2), on ``c<number % channels>``:
+    an array of three bulk strings, as a command is sent."""
+    from flask_sse.commands import pack  # the package only once gevent has patched (main)
+
+    return pack([b"message", f"c{number % channels}", payload_of(number)])
 
 
 def main() -> None:
@@ -48,8 +46,9 @@ def main() -> None:
     monkey.patch_all()
     from flask_sse import registry
     from flask_sse.replies import _complete
-    from flask_sse.transport import DirectWriter, frame
+    from flask_sse.transport import frame
 
+    from .fanout import Streams
     from .servers import raise_file_limit, redis_server
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -60,27 +59,17 @@ def main() -> None:
     raise_file_limit()
     with redis_server() as (redis_url, _):
         hub = registry.hub_for(redis_url)
-        pairs = [socket.socketpair() for _ in range(count)]
+        streams = Streams(
+            [f"c{number}" for number in range(count)],
+            lambda channel: hub.subscribe((channel,), 10)[0],
+        )
         try:
-            for number, (server, client) in enumerate(pairs):
-                server.setblocking(False)
-                client.setblocking(False)
-                subscription, _ = hub.subscribe((f"c{number}",), 10)
-                writer = DirectWriter(subscription, server, True, {f"c{number}": (0, 0)})
-                subscription.write_directly_with(writer.write)
-                subscription.sleep()  # as a stream between its turns
             link = hub._dispatch.links.link(hub._node_of("c0"))
-            descriptors = {f"c{k}".encode(): pairs[k][0].fileno() for k in range(count)}
-
-            def drain() -> int:
-                received = 0
-                for _, client in pairs:
-                    try:
-                        while piece := client.recv(1 << 20):
-                            received += len(piece)
-                    except BlockingIOError:
-                        pass
-                return received
+            descriptors = {
+                f"c{number}".encode(): server.fileno()
+                for number, (server, _) in enumerate(streams.pairs)
+            }
+            drain = streams.drain
 
             def through_the_package(buffer: bytes) -> None:
                 replies, _ = _complete(buffer)
@@ -122,9 +111,7 @@ def main() -> None:
                 ), flush=True)
         finally:
             registry.close_all()
-            for server, client in pairs:
-                server.close()
-                client.close()
+            streams.close()
     package, bare = (statistics.median(figures[name]) for name in kinds)
     print(f"median CPU per message: package {package:.2f} us, bare loop {bare:.2f} us, "
           f"the package adds {package - bare:.2f} us")
