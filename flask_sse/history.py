@@ -122,8 +122,9 @@ class History:
         self._client = client
         self.names = names = names or Names()
         self._append_and_publish = client.register_script(_APPEND_AND_PUBLISH)
-        #: the script's calls, sent without redis-py's command path (``commands.py``);
-        #: None on a cluster, or once the pool's connections turn out to have no socket
+        #: the script's calls, sent without redis-py's command path on a connection of
+        #: their own (``commands.py``); None on a cluster, or once the pool's connections
+        #: turn out to have no socket
         self._direct: DirectCalls | None = None
         if not isinstance(client, redis.cluster.RedisCluster):
             self._direct = DirectCalls(client.connection_pool)
@@ -131,6 +132,11 @@ class History:
         self._publishes: Batcher[tuple[list[str], list[Any]], list[Any]] = Batcher(self._send)
         #: SPUBLISH on a cluster (sharded pub/sub), PUBLISH otherwise
         self.publish_command = "SPUBLISH" if names.sharded else "PUBLISH"
+
+    def close(self) -> None:
+        """Close the publishing connection of its own, if it has one."""
+        if self._direct is not None:
+            self._direct.close()
 
     def publish(
         self, channel: str, payload: str, maxlen: int, ttl: int, identity: str

@@ -7,10 +7,13 @@ are a ``Publisher`` bound to the app's configuration.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import secrets
 import time
 from collections.abc import Iterable
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import redis
@@ -161,7 +164,7 @@ class Publisher:
 
     def _send(self, channels: list[str], message: Message, idempotency_key: str | None) -> int:
         """Publish once, trying again after the errors that leave it uncertain."""
-        identity = idempotency_key or secrets.token_urlsafe(12)
+        identity = idempotency_key or _new_identity()
         if self.history:
             message.id = None  # the history position becomes the id
         payload = _payload(message)
@@ -195,8 +198,33 @@ class Publisher:
         return f"{type(self).__name__}({self.redis_url!r})"
 
 
+#: A call's own identity: this process's random prefix and a count (one random
+#: draw per process, not per call); a forked child draws a prefix of its own.
+_identity_prefix = secrets.token_urlsafe(12)
+_identity_count = itertools.count()
+
+
+def _new_identity() -> str:
+    return f"{_identity_prefix}.{next(_identity_count)}"
+
+
+def _draw_identity_prefix() -> None:
+    global _identity_prefix
+    _identity_prefix = secrets.token_urlsafe(12)
+
+
+os.register_at_fork(after_in_child=_draw_identity_prefix)
+
+
 def _payload(message: Message) -> str:
-    """The message as the JSON object publishers write, or a TypeError that says how to fix it."""
+    """The message as the JSON object publishers write, or a TypeError that says how to fix it.
+
+    Data that is a string needs no JSON provider: its payload is written
+    here, as Flask's default provider writes it (keys sorted, ASCII), in a
+    fraction of the time. Any other data goes through the app's provider.
+    """
+    if isinstance(message.data, str):
+        return _text_payload(message)
     try:
         return json.dumps(message.to_dict())
     except TypeError as error:
@@ -206,3 +234,15 @@ def _payload(message: Message) -> str:
             "JSON provider about the type (a subclass of flask.json.provider."
             "DefaultJSONProvider, set as app.json)."
         ) from None
+
+
+def _text_payload(message: Message) -> str:
+    """The payload of an event whose data is a ``str`` (its other fields are checked
+    ``str`` or ``int``), byte for byte what ``flask.json.dumps(message.to_dict())`` writes
+    with Flask's default provider."""
+    payload = '{"data": ' + encode_basestring_ascii(message.data)
+    for name, value in (("id", message.id), ("retry", message.retry), ("type", message.type)):
+        if value is not None:
+            text = encode_basestring_ascii(value) if isinstance(value, str) else int.__repr__(value)
+            payload += f', "{name}": {text}'
+    return payload + "}"

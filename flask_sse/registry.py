@@ -23,6 +23,7 @@ import redis
 from redis.cluster import RedisCluster
 from redis.connection import parse_url
 
+from .commands import CONNECTION_WAIT
 from .history import History
 from .hub import Hub
 from .links import READ_TIMEOUT
@@ -37,8 +38,6 @@ logger = logging.getLogger("flask_sse")
 REDIS_TIMEOUT = 5.0
 #: Connections the commands of one process share (its pub/sub links aside).
 COMMAND_CONNECTIONS = 1
-#: Seconds a command waits for its turn on them before it fails.
-CONNECTION_WAIT = 20.0
 
 # guards the three dicts and _sigterm_installed: see _registry_lock()
 _lock: threading.Lock | None = None
@@ -95,15 +94,19 @@ def hub_for(url: str, namespace: str = "") -> Hub:
 
 
 def close_all() -> None:
-    """Close every hub (ending its streams, stopping its threads) and every client."""
+    """Close every hub (ending its streams, stopping its threads), every history's
+    publishing connection and every client."""
     with _registry_lock():
         hubs = list(_hubs.values())
+        histories = list(_histories.values())
         clients = list(_clients.values())
         _hubs.clear()
         _histories.clear()
         _clients.clear()
     for hub in hubs:
         hub.close()
+    for history in histories:
+        history.close()
     for client in clients:
         client.close()
 
@@ -161,12 +164,14 @@ def is_cluster(url: str) -> bool:
 
 
 def _new_client(url: str) -> redis.Redis:
-    """A client for every command of the process (publishes, history reads, counts).
+    """A client for every command of the process (history reads, counts, publishes).
 
     Its commands share ``COMMAND_CONNECTIONS`` connections: a command waits
     its turn for one (up to ``CONNECTION_WAIT`` seconds) rather than opening
     more, so a worker holds the same connections after a thousand browsers
-    resumed at once as before. The pub/sub links have their own.
+    resumed at once as before. The pub/sub links have their own, and so do
+    publishes where they can (one, made with this pool's settings:
+    ``commands.py``).
 
     Each command gives up after ``REDIS_TIMEOUT``: redis-py alone waits
     forever, and a Redis that hangs (stopped, a stalled network) would hang

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -75,8 +76,8 @@ def test_an_answer_nobody_asked_for_a_closed_connection_and_silence_are_errors(
 
 def test_pack_writes_what_redis_reads(redis_server: RedisServer) -> None:
     pool = redis.ConnectionPool(port=redis_server.port)
+    calls = DirectCalls(pool)
     try:
-        calls = DirectCalls(pool)
         text = "é\r\n✓ x"
         assert calls.send([pack(["SET", "packed", text]), pack([b"APPEND", b"packed", 42])]) == [
             b"OK", str(len((text + "42").encode())).encode(),
@@ -84,7 +85,7 @@ def test_pack_writes_what_redis_reads(redis_server: RedisServer) -> None:
         with redis_server.client() as client:
             assert client.get("packed") == (text + "42").encode()
     finally:
-        pool.disconnect()
+        calls.close()
 
 
 def test_each_command_gets_its_own_reply_or_error_and_the_connection_serves_on(
@@ -92,9 +93,10 @@ def test_each_command_gets_its_own_reply_or_error_and_the_connection_serves_on(
 ) -> None:
     pool = redis.ConnectionPool(port=redis_server.port, protocol=3)
     client = redis.Redis(connection_pool=pool)
+    calls = DirectCalls(pool)
     try:
         client.set("text", "abc")
-        replies = DirectCalls(pool).send([
+        replies = calls.send([
             pack(["INCR", "text"]),
             pack(["EVALSHA", "0" * 40, 0]),
             pack(["ECHO", "after"]),
@@ -104,9 +106,9 @@ def test_each_command_gets_its_own_reply_or_error_and_the_connection_serves_on(
         assert isinstance(incr, redis.ResponseError) and "not an integer" in str(incr)
         assert isinstance(evalsha, redis.exceptions.NoScriptError)
         assert echo == b"after"
-        assert client.get("text") == b"abc"  # the pool's one connection, still in step
-        assert len(pool._available_connections) == 1
+        assert calls.send([pack(["GET", "text"])]) == [b"abc"]  # still in step
     finally:
+        calls.close()
         pool.disconnect()
 
 
@@ -126,7 +128,48 @@ def test_a_late_answer_is_never_taken_for_the_next_commands(redis_server: RedisS
             os.kill(pid, signal.SIGCONT)
         assert calls.send([pack(["ECHO", "second"])]) == [b"second"]
     finally:
-        pool.disconnect()
+        calls.close()
+
+
+def test_the_connection_is_its_own_made_with_the_urls_settings_and_closed_by_close(
+    redis_server: RedisServer,
+) -> None:
+    pool = redis.ConnectionPool.from_url(redis_server.url.replace("/0", "/3") + "?client_name=pub")
+    calls = DirectCalls(pool)
+    with redis_server.client() as admin:
+        assert calls.send([pack(["SET", "where", "db 3"]), pack(["CLIENT", "GETNAME"])]) == [
+            b"OK", b"pub",
+        ]
+        assert admin.execute_command("SELECT", 3) and admin.get("where") == b"db 3"
+        assert pool._created_connections == 0  # none of the pool's
+        assert [entry["name"] for entry in admin.client_list()].count("pub") == 1
+        calls.close()
+        assert [entry["name"] for entry in admin.client_list()].count("pub") == 0
+        assert calls.send([pack(["ECHO", "again"])]) == [b"again"]  # a new one
+        calls.close()
+
+
+def test_a_connection_redis_closed_since_its_last_use_is_replaced_at_once(
+    redis_server: RedisServer,
+) -> None:
+    """No check before each use: the call is sent again on a new connection, which the
+    history script's identities make safe (a publish is stored once)."""
+    client = redis.Redis(port=redis_server.port)
+    history = History(client)
+    assert history._direct is not None
+    try:
+        history.publish("replaced", '{"data":"one"}', 10, 60, "first")
+        [killed] = history._direct.send([pack(["CLIENT", "ID"])]) or []
+        client.client_kill_filter(_id=killed.decode())
+        position, receivers = history.publish("replaced", '{"data":"two"}', 10, 60, "second")
+        assert position is not None and receivers == 0
+        [replacement] = history._direct.send([pack(["CLIENT", "ID"])]) or []
+        assert replacement != killed
+        stored = [event for _, event in history.after("replaced", (0, 0))[0]]
+        assert [json.loads(event)["data"] for event in stored] == ["one", "two"]
+    finally:
+        history.close()
+        client.close()
 
 
 def test_the_embedded_broker_publishes_through_redis_py() -> None:

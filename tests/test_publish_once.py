@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import redis
 from flask import Flask
@@ -102,6 +104,25 @@ def test_the_publisher_tries_again_with_the_same_identity(flaky: Flaky, memory_u
     assert flaky.identities[-1] == "task-9"
     Publisher(memory_url).publish("z", channel="c")
     assert len(set(flaky.identities)) == 3  # a key of its own for each call
+
+
+def test_a_forked_process_makes_identities_of_its_own() -> None:
+    """A call's identity is a per-process prefix and a count: a child that kept its
+    parent's prefix would have its publishes taken for repeats of the parent's."""
+    from flask_sse.publisher import _new_identity
+
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        os.write(write_end, _new_identity().encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reading:
+        childs = reading.read().decode()
+    os.waitpid(child, 0)
+    mine = [_new_identity() for _ in range(3)]
+    assert len(set(mine)) == 3
+    assert childs.split(".")[0] != mine[0].split(".")[0]
 
 
 def test_after_its_attempts_the_publisher_raises_the_last_error(flaky: Flaky, memory_url: str) -> None:

@@ -12,12 +12,14 @@ import json
 import re
 from typing import Any
 
+import flask
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flask_sse import Message, sse
 from flask_sse.message import plain_wire_form
+from flask_sse.publisher import _text_payload
 
 from .conftest import MakeApp, RedisServer
 from .sse_client import parse
@@ -103,6 +105,21 @@ def test_the_short_way_makes_the_same_bytes_or_declines(payload: str | bytes) ->
     message = Message.from_payload(raw)
     assert message is not None
     assert short == (message.encode(), message.id)
+
+
+@EXAMPLES
+@given(data=any_text, type=st.one_of(st.none(), any_text),
+       id=st.one_of(st.none(), any_text, st.integers()),
+       retry=st.one_of(st.none(), st.integers(min_value=0)))
+def test_text_data_is_written_as_flasks_json_provider_writes_it(
+    data: str, type: str | None, id: str | int | None, retry: int | None
+) -> None:
+    """The publisher writes a ``str``'s payload itself: the same bytes as the provider."""
+    if any(char in f"{type}{id}" for char in "\r\n\x00"):
+        return
+    message = Message(data, type=type, id=id, retry=retry)
+    with flask.Flask(__name__).app_context():
+        assert _text_payload(message) == flask.json.dumps(message.to_dict())
 
 
 @pytest.mark.parametrize(
