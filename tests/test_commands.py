@@ -8,17 +8,21 @@ import signal
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import fakeredis
 import pytest
 import redis
 
+from flask_sse import Publisher, registry
 from flask_sse.commands import DirectCalls, pack
-from flask_sse.history import History, format_position
+from flask_sse.history import ORIGIN, History, format_position
+from flask_sse.registry import history_for
 from flask_sse.replies import read_answers
 
-from .conftest import RedisServer
+from .conftest import RedisServer, free_port
 
 
 @pytest.fixture
@@ -180,3 +184,26 @@ def test_the_embedded_broker_publishes_through_redis_py() -> None:
     published = history.publish_many(["a", "b"], '{"data":"y"}', 10, 60, "two")
     assert published == [(format_position(history.newest(name)), 0) for name in ("a", "b")]
     assert history._direct is None  # found out once, not at every publish
+
+
+@dataclass
+class GuardedRedis(RedisServer):
+    """A redis-server that wants a password, on a Unix socket as well as its port."""
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, password="s3cret")
+
+
+def test_publishes_reach_a_redis_on_a_unix_socket_that_wants_a_password(tmp_path: Path) -> None:
+    path = tmp_path / "redis.sock"
+    server = GuardedRedis(free_port(), ["--save", "", "--requirepass", "s3cret", "--unixsocket", str(path)])
+    server.start()
+    url = f"unix://{path}?db=2&password=s3cret"
+    try:
+        assert Publisher(url).publish("through the socket", channel="guarded") == 0
+        events, _, _ = history_for(url).after("guarded", ORIGIN)
+        assert [json.loads(event)["data"] for _, event in events] == ["through the socket"]
+        assert history_for(url)._direct is not None  # sent the direct way
+    finally:
+        registry.close_all()
+        server.stop()
