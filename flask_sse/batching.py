@@ -33,8 +33,8 @@ class _Waiter(Generic[Call]):
         self.outcome: object = None
         #: set by the caller that sent the batch before: send the next one
         self.leads = False
-        #: made for a call that queues behind another (a lone call needs none)
-        self.done: threading.Event | None = None
+        #: set when the call has its outcome, or the turn to send
+        self.done = threading.Event()
 
 
 class Batcher(Generic[Call, Result]):
@@ -49,22 +49,35 @@ class Batcher(Generic[Call, Result]):
 
     def call(self, call: Call) -> Result:
         """Send ``call`` (alone, or with those that came meanwhile); its result, or raise."""
-        waiter = _Waiter(call)
         with self._lock:
-            self._queue.append(waiter)
-            follows, self._busy = self._busy, True
-            if follows:
-                waiter.done = done = threading.Event()
-        if follows:
-            try:
-                done.wait()
-            except BaseException:  # the caller was interrupted (a timeout of its request)
-                self._abandon(waiter)
-                raise
-            if not waiter.leads:
-                return self._outcome(waiter)
-        self._send_queued()
+            if not self._busy:  # nothing on its way: send it at once, alone
+                self._busy = True
+                waiter = None
+            else:
+                waiter = _Waiter(call)
+                self._queue.append(waiter)
+        if waiter is None:
+            return self._send_alone(call)
+        try:
+            waiter.done.wait()
+        except BaseException:  # the caller was interrupted (a timeout of its request)
+            self._abandon(waiter)
+            raise
+        if waiter.leads:
+            self._send_queued()
         return self._outcome(waiter)
+
+    def _send_alone(self, call: Call) -> Result:
+        """Send one call that found nothing on its way, then hand the next batch on."""
+        try:
+            outcome: object = self._send([call])[0]
+        except Exception as error:  # noqa: BLE001 - the call's own outcome
+            outcome = error
+        finally:
+            self._hand_on()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome  # type: ignore[return-value]
 
     def _send_queued(self) -> None:
         """Send every queued call, give each its outcome, and hand the next batch on."""
@@ -84,8 +97,7 @@ class Batcher(Generic[Call, Result]):
         for waiter, outcome in zip(batch, outcomes, strict=True):
             waiter.outcome = outcome
             waiter.leads = False
-            if waiter.done is not None:
-                waiter.done.set()
+            waiter.done.set()
         self._hand_on()
 
     def _hand_on(self) -> None:
@@ -96,18 +108,19 @@ class Batcher(Generic[Call, Result]):
                 self._busy = False
             else:
                 successor.leads = True
-        if successor is not None and successor.done is not None:
+        if successor is not None:
             successor.done.set()
 
     def _abandon(self, waiter: _Waiter[Call]) -> None:
-        """A queued caller gave up. Its call stays queued (the next batch sends
-        it) unless it had just been given the turn to send: then it is dropped
-        and the turn passes on."""
+        """A queued caller gave up (its exception tells it the call may not have
+        gone). A call still queued is dropped, and if it had just been given
+        the turn to send, the turn passes on: nobody is left to take it. A
+        call already in a batch on its way goes with it."""
         with self._lock:
-            handed = waiter.leads and waiter in self._queue
-            if handed:
+            queued = waiter in self._queue
+            if queued:
                 self._queue.remove(waiter)
-        if handed:
+        if queued and waiter.leads:
             self._hand_on()
 
     @staticmethod

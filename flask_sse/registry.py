@@ -50,6 +50,9 @@ _sigterm_installed = False
 
 def redis_client(url: str) -> redis.Redis:
     """The process-wide client for ``url``."""
+    client = _clients.get(url)  # made already: no lock needed to read it
+    if client is not None:
+        return client
     with _registry_lock():
         client = _clients.get(url)
         if client is None:
@@ -67,6 +70,9 @@ def _names_for(url: str, namespace: str = "") -> Names:
 
 def history_for(url: str, namespace: str = "") -> History:
     """The process-wide history of the channels behind ``url`` (and ``namespace``)."""
+    history = _histories.get((url, namespace))  # made already: no lock needed to read it
+    if history is not None:
+        return history
     client = redis_client(url)
     with _registry_lock():
         history = _histories.get((url, namespace))

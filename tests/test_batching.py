@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -92,6 +93,37 @@ def test_an_error_of_the_whole_round_trip_reaches_every_call_of_it() -> None:
     with pytest.raises(redis.ConnectionError):
         batcher.call(5)
     assert sorted(sent[1]) == [2, 3, 4] and sent[2] == [5]
+
+
+class Interrupted(Exception):
+    """What a request's timeout raises in a caller waiting for its turn."""
+
+
+def test_a_caller_that_gives_up_waiting_leaves_nothing_stuck_behind_it() -> None:
+    """Its call is dropped (its caller was told, by the exception), and the next call
+    is sent: before, the turn to send could be handed to the caller that had left."""
+    send = GatedSend()
+    batcher: Batcher[int, int] = Batcher(send)
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(batcher.call, 0)
+            assert send.first_on_its_way.wait(10)
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            with pytest.raises(Interrupted):
+                batcher.call(2)  # queues behind the first, and gives up
+            assert queued(batcher) == 0
+            send.release.set()
+            assert first.result(10) == 0
+            assert pool.submit(batcher.call, 4).result(10) == 40
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert send.batches == [[0], [4]]
 
 
 def test_concurrent_publishes_are_each_stored_once_with_their_own_position(
