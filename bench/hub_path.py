@@ -118,9 +118,13 @@ def main() -> None:
 
 
 def wire_form(payload: bytes) -> bytes:
-    """What a stream receives for ``payload``."""
-    decoded = json.loads(payload)
-    return f"data:{decoded['data']}\nid:{decoded['id']}\n\n".encode()
+    """What a stream receives for ``payload``: the package's general encoding, which the
+    hub's short way must match."""
+    from flask_sse import Message
+
+    message = Message.from_payload(payload)
+    assert message is not None
+    return message.encode()
 
 
 if __name__ == "__main__":
