@@ -23,6 +23,10 @@ Threads, and who may touch what
 - One reader thread per link (``links.py``) calls back the dispatcher
   (``dispatch.py``): ``link_up``, ``link_failed``, ``link_down``,
   ``message``, ``subscribed`` and ``dropped``.
+- One watchdog thread per link PINGs a quiet connection (under ``_lock``,
+  and only if it is free at once) and cuts one gone silent with a socket
+  ``shutdown``, without the lock: that also ends a send stuck under it on a
+  dead network.
 - The scheduler thread (``scheduler.py``) wakes due streams and, after
   SIGTERM, ends those ``_open_streams`` lists; it never waits on Redis.
 - The presence thread (``presence.Reporter``) calls ``_counts`` and writes

@@ -3,10 +3,19 @@
 A link connects (with backoff and jitter while Redis is away), reads every
 reply and hands it to its listener (the hub) under the app's name for the
 channel (Redis's may carry a DB or namespace prefix, see ``naming.py``;
-another app's channels are skipped), and PINGs when the connection
-has been quiet, so a cut network (which sends no RST) is noticed within
-``READ_TIMEOUT``. It never reconnects silently: every loss is reported, so
-the hub can replay from history what was published meanwhile.
+another app's channels are skipped). It never reconnects silently: every
+loss is reported, so the hub can replay from history what was published
+meanwhile.
+
+A cut network sends no RST, so a link must notice silence itself. Its
+reader waits in ``recv`` without a timeout: under gevent a timeout costs a
+timer set and cancelled for every wait, and a many-channel worker waits once
+per event (about a tenth of its CPU per event, see docs/performance.md).
+Instead a second thread of the link, its watchdog, PINGs a connection quiet
+for ``PING_INTERVAL`` and cuts one silent for ``READ_TIMEOUT`` (a
+``shutdown`` of its socket, which ends the reader's ``recv``). Connections
+without a socket of the operating system's (the embedded broker's) are read
+with a timeout, and their reader judges their silence itself.
 
 Locking: a link's ``connection``, ``attempts`` and ``channels`` are guarded
 by the lock its owner hands it (the hub's), and every command is sent under
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import threading
 import time
 from typing import Any, Protocol
@@ -33,6 +43,8 @@ logger = logging.getLogger("flask_sse")
 PING_INTERVAL = 5.0
 #: A pub/sub connection that has read nothing (not even a PONG) for this long is dead.
 READ_TIMEOUT = PING_INTERVAL * 3
+#: How often the watchdog looks, as a share of ``PING_INTERVAL``.
+WATCH_SHARE = 0.2
 #: Reconnection backoff: first wait and cap, in seconds (with jitter).
 BACKOFF_FIRST = 0.05
 BACKOFF_CAP = 2.0
@@ -77,14 +89,20 @@ class Link:
         self._lock = lock
         self._listener = listener
         self._names = names
+        #: when the reader last read a reply (``time.monotonic()``), for the watchdog
+        self.heard = 0.0
+        #: the connection the watchdog cut for its silence, so the reader says why it failed
+        self._silenced: Any = None
         self._closed = threading.Event()
         self._jitter = random.Random()  # its own: never disturbs the app's random state
-        self._thread = threading.Thread(
-            target=self._run, name=f"flask-sse-link {node}", daemon=True
-        )
+        self._threads = [
+            threading.Thread(target=self._run, name=f"flask-sse-link {node}", daemon=True),
+            threading.Thread(target=self._watch, name=f"flask-sse-watch {node}", daemon=True),
+        ]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def send(self, *command: str) -> None:
         """Send on the current connection; the caller holds the lock."""
@@ -120,16 +138,28 @@ class Link:
             self.retire()
 
     def join(self, timeout: float = 5.0) -> None:
-        if self._thread.ident is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        for thread in self._threads:
+            if thread.ident is not None and thread is not threading.current_thread():
+                thread.join(timeout)
 
     @property
     def closed(self) -> bool:
         return self._closed.is_set()
 
+    @property
+    def ended(self) -> bool:
+        """Whether its threads have ended (or never started)."""
+        return not any(thread.is_alive() for thread in self._threads)
+
     # -- the reader thread ---------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._connect_and_read()
+        finally:
+            self._closed.set()  # the link is done: its watchdog stops too
+
+    def _connect_and_read(self) -> None:
         backoff = BACKOFF_FIRST
         while not self.closed:
             try:
@@ -146,13 +176,17 @@ class Link:
                 connection.disconnect()
                 return
             backoff = BACKOFF_FIRST
+            self.heard = time.monotonic()  # before the watchdog can see the connection
             self._listener.link_up(self, connection)
             try:
                 self._read(connection)
             except Exception as error:  # noqa: BLE001 - the link is gone; reconnect
+                reason: Exception = error
+                if self._silenced is connection:  # cut by the watchdog
+                    reason = TimeoutError(f"no answer to PING for {READ_TIMEOUT:.0f} s")
                 if not self.closed:
                     logger.warning(
-                        "Redis pub/sub link to %s lost (%s); reconnecting", self.node, error
+                        "Redis pub/sub link to %s lost (%s); reconnecting", self.node, reason
                     )
                     if self.connection is connection:  # not counted by a failed send already
                         metrics.link_lost()
@@ -166,21 +200,50 @@ class Link:
 
     def _read(self, connection: Any) -> None:
         read = reader_for(connection, PING_INTERVAL)
-        heard = time.monotonic()
         while self.connection is connection:
             replies = read()
-            if not replies:
-                if time.monotonic() - heard >= READ_TIMEOUT:
+            if not replies:  # a timeout (only without a socket), or part of a reply
+                if time.monotonic() - self.heard >= READ_TIMEOUT:
                     raise TimeoutError(f"no answer to PING for {READ_TIMEOUT:.0f} s")
-                with self._lock:
-                    if self.connection is connection:
-                        self.send("PING")
                 continue
-            heard = time.monotonic()
+            self.heard = time.monotonic()
             for reply in replies:
                 if self.connection is not connection:
                     return
                 self._dispatch(reply)
+
+    # -- the watchdog thread -------------------------------------------------
+
+    def _watch(self) -> None:
+        """PING a quiet connection, and cut one that stays silent (see the module's doc)."""
+        pinged = 0.0
+        while not self._closed.wait(PING_INTERVAL * WATCH_SHARE):
+            connection = self.connection
+            now = time.monotonic()
+            quiet = now - self.heard
+            if connection is None or quiet < PING_INTERVAL:
+                continue
+            if quiet >= READ_TIMEOUT:
+                self._cut(connection)
+            elif now - pinged >= PING_INTERVAL and self._lock.acquire(blocking=False):
+                # not waiting for the lock: a send stuck on a dead network holds it,
+                # and the cut, which needs no lock, is what ends that send
+                try:
+                    if self.connection is connection:
+                        self.send("PING")
+                        pinged = now
+                finally:
+                    self._lock.release()
+
+    def _cut(self, connection: Any) -> None:
+        """End the reader's wait on ``connection``: shut its socket down, both ways."""
+        sock = getattr(connection, "_sock", None)
+        if isinstance(sock, socket.socket) and self._silenced is not connection:
+            self._silenced = connection
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # closed meanwhile: the reader has found out already
 
     def _dispatch(self, reply: Any) -> None:
         if not isinstance(reply, list) or len(reply) != 3:

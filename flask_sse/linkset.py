@@ -29,6 +29,8 @@ class LinkSet:
         self._lock = lock
         self._listener = listener
         self._links: dict[str, Link] = {}
+        #: links forgotten while their threads were ending, for :meth:`close` to wait for
+        self._forgotten: list[Link] = []
         #: notified when a link's connection attempt has finished, either way
         self._attempt_finished = threading.Condition(lock)
 
@@ -94,12 +96,13 @@ class LinkSet:
             return False
         if self._links.get(link.node) is link:
             del self._links[link.node]
+        self._forgotten = [old for old in self._forgotten if not old.ended] + [link]
         return True
 
     def close(self) -> None:
-        """Stop every link's reader and release its connection (without the lock held)."""
+        """Stop every link's threads and release its connection (without the lock held)."""
         with self._lock:
-            links = list(self._links.values())
+            links = [*self._links.values(), *self._forgotten]
         for link in links:
             link.close()
         for link in links:

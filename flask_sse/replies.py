@@ -25,7 +25,7 @@ from typing import Any
 from redis._parsers import BaseParser
 from redis.exceptions import ConnectionError, InvalidResponse
 
-#: What a reader returns: the replies that came, or ``[]`` after ``timeout`` of silence.
+#: What a reader returns: the replies that came (none after a timeout, or with part of one).
 ReadReplies = Callable[[], list[Any]]
 
 _INCOMPLETE = object()
@@ -34,10 +34,15 @@ _LINES = frozenset(b"+:#,(")  # simple string, integer; boolean, double, big num
 
 
 def reader_for(connection: Any, timeout: float) -> ReadReplies:
-    """A reader of ``connection``'s replies that waits at most ``timeout`` for some."""
+    """A reader of ``connection``'s replies.
+
+    One of its socket waits as long as it takes: a ``shutdown`` of the
+    socket ends the wait (``links.py`` says why). One through redis-py
+    waits at most ``timeout``.
+    """
     sock = getattr(connection, "_sock", None)
     if isinstance(sock, socket.socket):
-        sock.settimeout(timeout)
+        sock.settimeout(None)
         return SocketReplies(sock).read
 
     def through_redis_py() -> list[Any]:
@@ -56,10 +61,12 @@ class SocketReplies:
         self._buffer = b""
 
     def read(self) -> list[Any]:
-        try:
-            data = self._sock.recv(65536)
-        except TimeoutError:
-            return []
+        """Every reply completed by one ``recv`` (none if it brought part of one).
+
+        Raises ``ConnectionError`` when the connection ends, also by a
+        ``shutdown`` of the socket from another thread while it waits.
+        """
+        data = self._sock.recv(65536)
         if not data:
             raise ConnectionError("Redis closed the connection")
         replies, self._buffer = _complete(self._buffer + data if self._buffer else data)

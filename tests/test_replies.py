@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +15,7 @@ from redis.exceptions import ConnectionError, InvalidResponse, ResponseError
 from flask_sse.replies import SocketReplies, reader_for
 
 from .conftest import RedisServer
+from .sse_client import wait_for
 
 
 @pytest.fixture
@@ -66,14 +69,37 @@ def test_replies_split_anywhere_come_out_whole_and_in_order(
     ]
 
 
-def test_silence_is_no_reply_and_a_closed_connection_an_error(
-    pair: tuple[socket.socket, SocketReplies],
-) -> None:
+def test_a_closed_connection_is_an_error(pair: tuple[socket.socket, SocketReplies]) -> None:
     server, reader = pair
-    assert reader.read() == []  # after the socket's timeout
     server.close()
     with pytest.raises(ConnectionError):
         reader.read()
+
+
+def test_a_shutdown_from_another_thread_ends_a_read_that_waits_without_a_timeout() -> None:
+    """How a link's watchdog ends its reader's wait on a connection gone silent."""
+    server, client = socket.socketpair()
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            SocketReplies(client).read()
+        except BaseException as error:  # noqa: BLE001 - what the test looks at
+            outcome.append(error)
+
+    with server, client:
+        reader = threading.Thread(target=read)
+        reader.start()
+        wait_for(lambda: _waiting_in_recv(reader), what="the reader to wait in recv")
+        client.shutdown(socket.SHUT_RDWR)
+        reader.join(5)
+    assert not reader.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], ConnectionError)
+
+
+def _waiting_in_recv(thread: threading.Thread) -> bool:
+    frame = sys._current_frames().get(thread.ident or 0)
+    return frame is not None and frame.f_code is SocketReplies.read.__code__
 
 
 def test_an_error_reply_is_raised_as_redis_py_s_exception_and_an_unknown_reply_is_refused(
