@@ -10,7 +10,7 @@ meanwhile.
 A cut network sends no RST, so a link must notice silence itself. Its
 reader waits in ``recv`` without a timeout: under gevent a timeout costs a
 timer set and cancelled for every wait, and a many-channel worker waits once
-per event (about a tenth of its CPU per event, see docs/performance.md).
+per event (about 7% of its CPU per event, see docs/performance.md).
 Instead a second thread of the link, its watchdog, PINGs a connection quiet
 for ``PING_INTERVAL`` and cuts one silent for ``READ_TIMEOUT`` (a
 ``shutdown`` of its socket, which ends the reader's ``recv``). Connections
