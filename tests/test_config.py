@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import sys
+import unicodedata
 from typing import Any
 
 import pytest
@@ -140,3 +142,17 @@ def test_a_misspelt_key_is_reported_with_a_guess(caplog: pytest.LogCaptureFixtur
     assert len(messages) == 1
     assert messages[0].startswith("SSE_KEEPALIVES is not a flask-sse setting and is ignored.")
     assert "Did you mean SSE_KEEPALIVE?" in messages[0]
+
+
+def test_a_channel_name_is_refused_for_exactly_the_control_characters_and_surrogates() -> None:
+    """Unicode's categories Cc and Cs, over every code point: the check need not look them up."""
+    from flask_sse.config import channel_problem
+
+    refused = {
+        code for code in range(sys.maxunicode + 1) if channel_problem(f"a{chr(code)}b") is not None
+    }
+    wanted = {
+        code for code in range(sys.maxunicode + 1)
+        if unicodedata.category(chr(code)) in ("Cc", "Cs")
+    }
+    assert refused == wanted
