@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from flask import Flask, Response, abort, request, session
 from flask_cors import CORS
 
-from flask_sse import ServerSentEventsBlueprint, send_event, sse
+from flask_sse import ServerSentEventsBlueprint, links, send_event, sse
 from flask_sse.metrics import metrics_view
 from flask_sse.registry import hub_for
 from flask_sse.transport import PARKING
@@ -54,6 +54,10 @@ def create_app() -> Flask:
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         app.config["held"] = [os.open(os.devnull, os.O_RDONLY) for _ in range(hold_fds)]
+    ping_interval = app.config.pop("TEST_PING_INTERVAL", None)
+    if ping_interval:  # how soon this worker's links notice a network gone silent
+        links.PING_INTERVAL = ping_interval
+        links.READ_TIMEOUT = 3 * ping_interval
     if app.config.pop("TEST_GZIP", False):
         app.after_request(gzip_streams)
     app.register_blueprint(sse, url_prefix="/stream")

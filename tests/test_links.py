@@ -11,7 +11,8 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -19,8 +20,8 @@ from flask_sse import links
 from flask_sse.registry import history_for, hub_for
 from flask_sse.subscription import Subscription
 
-from .conftest import RedisServer
-from .sse_client import wait_for
+from .conftest import Gunicorn, RedisServer
+from .sse_client import open_stream, wait_for
 
 
 class CuttableRelay:
@@ -131,3 +132,25 @@ def test_a_link_whose_network_goes_silent_reconnects_and_replays_what_it_missed(
         )
     assert received == ["before", "during 1", "during 2"]
     assert "no answer to PING for 1 s" in caplog.text
+
+
+@pytest.mark.parametrize("gunicorn", ["gevent", "parking"], indirect=True)
+def test_a_served_stream_gets_what_was_published_while_its_worker_s_link_was_cut(
+    gunicorn: Callable[..., Gunicorn], relay: CuttableRelay, redis_server: RedisServer,
+) -> None:
+    """The same under gunicorn's gevent workers, where the link's threads are greenlets."""
+    server = gunicorn(relay.url, TEST_PING_INTERVAL=0.2)
+    channel = f"served-cut-{uuid.uuid4()}"  # a publish's identity is remembered with its channel
+    stream = open_stream(server, f"channel={channel}")
+    history = history_for(redis_server.url)
+
+    def publish(data: str) -> None:
+        history.publish(channel, json.dumps({"data": data}), 100, 60, f"{channel}-{data}")
+
+    publish("before")
+    assert stream.next_event().data == "before"
+    relay.cut()
+    publish("during 1")
+    publish("during 2")
+    assert [stream.next_event().data for _ in range(2)] == ["during 1", "during 2"]
+    stream.close()
