@@ -3,8 +3,9 @@
 Tabs of one browser share one stream (the server counts its open streams),
 each tab gets exactly its own channels' events, a leader's tab can close
 without loss or repeat, channels change at run time without loss, ten tabs
-still leave connections for the app's requests, and a cross-origin page
-renews its token through ``tokenUrl`` at every reconnect.
+still leave connections for the app's requests, a tab refused a channel
+stops alone, and a cross-origin page renews its token through ``tokenUrl``
+at every reconnect.
 """
 
 from __future__ import annotations
@@ -251,3 +252,43 @@ def test_a_cross_origin_page_renews_its_token_through_several_reconnects(
     published = steady.finish()
     every_event_once(lambda: browser.run(_SEEN), "private-ann", published["private-ann"], 1)
     assert not [state for state in browser.run(_SEEN)["states"] if state["state"] == "closed"]
+
+
+def test_a_tab_whose_channels_are_refused_stops_alone_and_the_others_stream_on(
+    gunicorn: Callable[..., Gunicorn], redis_url: str, browser: Browser
+) -> None:
+    """One tab asks for a channel it may not open: the stream the tabs share is refused
+    (403), and only that tab is told; the others go on, on their own channels."""
+    server = gunicorn(redis_url, SSE_KEEPALIVE=0.5)
+    page = f"http://127.0.0.1:{server.port}/pid"
+    allowed = open_tab(browser, page, ["news"], first=True)
+    wait_for(lambda: browser.run(_STATE)["state"] == "open", what="the first tab's stream")
+    refused = open_tab(browser, page, ["news", "private-bob"])
+
+    def closed() -> dict[str, Any] | None:
+        state: dict[str, Any] = browser.run(_STATE)
+        return state if state["state"] == "closed" else None
+
+    state = wait_for(closed, what="the refusal in the tab that asked")
+    assert state is not None
+    assert state["status"] == 403
+    assert "Channel 'private-bob' is private" in state["reason"]
+    browser.switch_to(allowed)
+
+    def streaming_news() -> bool:
+        state = browser.run(_STATE)
+        return bool(state["state"] == "open" and state["channels"] == ["news"])
+
+    wait_for(streaming_news, what="the other tab streaming on")
+    Publisher(redis_url).publish("after the refusal", channel="news")
+    wait_for(lambda: browser.run(_SEEN)["events"].get("news") == ["after the refusal"],
+             what="the event in the tab that was not refused")
+    browser.switch_to(refused)
+    assert browser.run(_SEEN)["events"] == {}
+    assert browser.run(_STATE)["state"] == "closed"
+    wait_for(lambda: server.count("/streams") == 1, what="one stream, for the tab that may")
+    browser.run('window.subscriptions["private-bob"].close();')  # it gives up the channel
+    wait_for(streaming_news, what="the tab, back on the shared stream")
+    Publisher(redis_url).publish("once it gave up", channel="news")
+    wait_for(lambda: browser.run(_SEEN)["events"].get("news") == ["once it gave up"],
+             what="the event in the tab that gave up its refused channel")

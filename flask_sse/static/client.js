@@ -134,6 +134,11 @@ export function unionChannels(lists) {
   return [...new Set(lists.flat())].sort();
 }
 
+/** Whether two lists name the same channels in the same order. */
+export function sameChannels(a, b) {
+  return a.join("\n") === b.join("\n");
+}
+
 /** The stream's URL for `channels`, resuming from `lastEventId`, with a `token` if given. */
 export function streamUrl(base, channels, lastEventId, token) {
   const url = new URL(base);
@@ -289,6 +294,32 @@ class Stream {
     this.stopped = { state: "closed", status, reason, channels };
     this.sink.state(this.stopped);
     return 0;
+  }
+
+  /**
+   * The final refusal a stream of `channels` alone would get
+   * ({state: "closed", status, reason, channels}), or null: asked with a
+   * request of its own, whose stream (if the server opens it) is not read.
+   */
+  async refusal(channels) {
+    const controller = new AbortController();
+    try {
+      const token = await this.token(channels, controller.signal);
+      const response = await fetch(streamUrl(this.url, channels, "", token), {
+        headers: { Accept: "text/event-stream" },
+        credentials: this.options.credentials,
+        cache: "no-store",
+        signal: controller.signal,
+      });
+      if (!FINAL_STATUSES.has(response.status)) return null;
+      const reason = refusalMessage(response.status, await response.text());
+      return { state: "closed", status: response.status, reason, channels };
+    } catch (error) {
+      if (!error || !error.final) return null;
+      return { state: "closed", status: error.status, reason: error.message, channels };
+    } finally {
+      controller.abort();
+    }
   }
 
   /** A fresh token from `tokenUrl` for `channels`, or null without one. */
@@ -495,8 +526,15 @@ class OwnStream {
  *
  * Messages on the BroadcastChannel: `want` (a tab's channels), `bye`,
  * `hello` (a new leader asks every tab for its wants), and from the leader
- * `event`, `positions` and `state`. Every tab keeps the wants and positions
- * it hears, so any of them can take over at once.
+ * `event`, `positions`, `state` and `refused`. Every tab keeps the wants,
+ * refusals and positions it hears, so any of them can take over at once.
+ *
+ * A final refusal (a 403) of the shared stream would stop every tab for the
+ * sake of one that asked for a channel it may not open. So the leader asks
+ * again for each tab's channels alone; a tab whose channels are refused is
+ * told so (`refused`) and left out until it changes its channels, gets no
+ * events, and the others stream on. If no tab's channels are refused alone
+ * (only together: too many channels, say), every tab gets the refusal.
  */
 class TabGroup {
   constructor(events) {
@@ -504,10 +542,11 @@ class TabGroup {
     this.name = `${LOCK_PREFIX} ${events.url}`;
     this.tab = Math.random().toString(36).slice(2) + Date.now().toString(36);
     this.wants = new Map(); // tab -> channels
+    this.refused = new Map(); // tab -> {channels, state}: refused, until it wants others
     this.positions = {}; // each channel's last position relayed: where a new leader resumes
     this.delivered = {}; // each channel's last position delivered to this page
     this.stream = null; // held while this tab leads
-    this.state = null; // the leader's stream's last state
+    this.state = null; // the leader's stream's last state, as this tab heard it
     this.closed = false;
     this.channel = new BroadcastChannel(this.name);
     this.channel.onmessage = (message) => this.receive(message.data);
@@ -530,19 +569,40 @@ class TabGroup {
 
   want(channels) {
     this.wants.set(this.tab, channels);
+    if (this.forgetRefusal(this.tab) && this.state) this.events.setState(this.state);
     this.post({ t: "want", tab: this.tab, channels });
     this.update();
+  }
+
+  /** Whether `tab`'s channels are refused (the ones it wants now). */
+  isRefused(tab) {
+    const refusal = this.refused.get(tab);
+    return Boolean(refusal) && sameChannels(refusal.channels, this.wants.get(tab) || []);
+  }
+
+  /** Drop `tab`'s refusal if it now wants other channels; whether it did. */
+  forgetRefusal(tab) {
+    if (!this.refused.has(tab) || this.isRefused(tab)) return false;
+    this.refused.delete(tab);
+    return true;
+  }
+
+  /** The state this page shows: its own refusal, or the shared stream's `state`. */
+  showState(state) {
+    this.events.setState(this.isRefused(this.tab) ? this.refused.get(this.tab).state : state);
   }
 
   receive(message) {
     switch (message.t) {
       case "want":
         this.wants.set(message.tab, message.channels);
+        this.forgetRefusal(message.tab);
         this.update();
         if (this.stream) this.post({ t: "state", state: this.state, positions: this.positions });
         break;
       case "bye":
         this.wants.delete(message.tab);
+        this.refused.delete(message.tab);
         this.update();
         break;
       case "hello":
@@ -559,7 +619,14 @@ class TabGroup {
       case "state":
         if (this.stream) break;
         if (message.positions) this.positions = message.positions;
-        if (message.state) this.events.setState(message.state);
+        if (message.state) {
+          this.state = message.state;
+          this.showState(message.state);
+        }
+        break;
+      case "refused":
+        this.refused.set(message.tab, { channels: message.channels, state: message.state });
+        if (message.tab === this.tab && this.isRefused(this.tab)) this.events.setState(message.state);
         break;
     }
   }
@@ -570,6 +637,7 @@ class TabGroup {
    * is at or before what this page had, and is dropped.
    */
   deliver({ channel, type, data, id, position }) {
+    if (this.isRefused(this.tab)) return; // its own stream would have had nothing
     if (position) {
       if (type !== "reset" && !isAfter(position, this.delivered[channel])) return;
       this.delivered[channel] = position; // a reset may move it back: history was lost
@@ -580,6 +648,7 @@ class TabGroup {
   /** Holding the lock: run the stream until this tab closes. */
   async lead() {
     if (this.closed) return;
+    this.state = null; // what it heard as a follower is the old leader's
     await this.prune();
     this.post({ t: "hello" });
     const sink = {
@@ -594,9 +663,8 @@ class TabGroup {
         this.post({ t: "positions", positions });
       },
       state: (state) => {
-        this.state = state;
-        this.post({ t: "state", state });
-        this.events.setState(state);
+        if (state.status && this.sharers() > 1) this.sortOutRefusal(state);
+        else this.tell(state);
       },
     };
     this.stream = new Stream(this.events.url, this.events.options, sink, { ...this.positions });
@@ -612,12 +680,50 @@ class TabGroup {
     const locks = [...(held.held || []), ...(held.pending || [])];
     const alive = new Set(locks.map((lock) => lock.name));
     for (const tab of [...this.wants.keys()]) {
-      if (tab !== this.tab && !alive.has(this.tabLock(tab))) this.wants.delete(tab);
+      if (tab !== this.tab && !alive.has(this.tabLock(tab))) {
+        this.wants.delete(tab);
+        this.refused.delete(tab);
+      }
     }
   }
 
   update() {
-    if (this.stream) this.stream.setChannels(unionChannels([...this.wants.values()]));
+    if (this.stream) this.stream.setChannels(unionChannels(this.sharedWants().map(([, c]) => c)));
+  }
+
+  /** The wants the shared stream carries: every tab's but the refused ones'. */
+  sharedWants() {
+    return [...this.wants].filter(([tab, channels]) => channels.length && !this.isRefused(tab));
+  }
+
+  sharers() {
+    return this.sharedWants().length;
+  }
+
+  /** The leader's stream's `state`, to every tab. */
+  tell(state) {
+    this.state = state;
+    this.post({ t: "state", state });
+    this.showState(state);
+  }
+
+  /** A final refusal of the stream several tabs share: see the class's doc. */
+  async sortOutRefusal(state) {
+    const stream = this.stream;
+    const refused = [];
+    for (const [tab, channels] of this.sharedWants()) {
+      const refusal = await stream.refusal(channels);
+      if (refusal) refused.push({ tab, channels, state: refusal });
+    }
+    if (this.closed) return;
+    for (const { tab, channels, state: refusal } of refused) {
+      if (!sameChannels(channels, this.wants.get(tab) || [])) continue; // changed meanwhile
+      this.refused.set(tab, { channels, state: refusal });
+      this.post({ t: "refused", tab, channels, state: refusal });
+    }
+    this.update();
+    if (stream.stopped) this.tell(state); // the others too, or their union alone, are refused
+    else if (this.isRefused(this.tab)) this.events.setState(this.refused.get(this.tab).state);
   }
 
   close() {

@@ -10,6 +10,7 @@ import {
   movedChannel,
   parseData,
   refusalMessage,
+  sameChannels,
   splitId,
   streamUrl,
   unionChannels,
@@ -68,6 +69,13 @@ test("the channel an event belongs to is the one its id moved", () => {
 test("the union of the tabs' channels has each once, in one order", () => {
   assert.deepEqual(unionChannels([["news", "b"], ["b", "a"], []]), ["a", "b", "news"]);
   assert.deepEqual(unionChannels([]), []);
+});
+
+test("a tab's refusal holds while it wants the same channels, and no others", () => {
+  assert.equal(sameChannels(["a", "private-b"], ["a", "private-b"]), true);
+  assert.equal(sameChannels(["a", "private-b"], ["a"]), false);
+  assert.equal(sameChannels(["a b"], ["a", "b"]), false);
+  assert.equal(sameChannels([], []), true);
 });
 
 test("the stream URL carries the channels, the resume id and the token", () => {
