@@ -36,9 +36,10 @@ _LINES = frozenset(b"+:#,(")  # simple string, integer; boolean, double, big num
 def reader_for(connection: Any, timeout: float) -> ReadReplies:
     """A reader of ``connection``'s replies.
 
-    One of its socket waits as long as it takes: a ``shutdown`` of the
-    socket ends the wait (``links.py`` says why). One through redis-py
-    waits at most ``timeout``.
+    Reading the connection's own socket waits as long as it takes (a
+    ``shutdown`` of the socket ends the wait; ``links.py`` says why).
+    Reading through redis-py (no socket: the embedded broker) waits at most
+    ``timeout``.
     """
     sock = getattr(connection, "_sock", None)
     if isinstance(sock, socket.socket):

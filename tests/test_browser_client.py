@@ -221,6 +221,13 @@ def test_a_refused_stream_stops_with_the_servers_message(
 ) -> None:
     server = gunicorn(redis_url, SSE_KEEPALIVE=0.5)
     open_tab(browser, f"http://127.0.0.1:{server.port}/pid", ["private-bob"], first=True)
+    assert_refused_private_bob(browser)
+    assert server.count("/streams") == 0
+
+
+def assert_refused_private_bob(browser: Browser) -> None:
+    """The current tab's client stops with the server's refusal of ``private-bob``."""
+
     def closed() -> dict[str, Any] | None:
         state: dict[str, Any] = browser.run(_STATE)
         return state if state["state"] == "closed" else None
@@ -229,7 +236,6 @@ def test_a_refused_stream_stops_with_the_servers_message(
     assert state is not None
     assert state["status"] == 403
     assert "Channel 'private-bob' is private" in state["reason"]
-    assert server.count("/streams") == 0
 
 
 def test_a_cross_origin_page_renews_its_token_through_several_reconnects(
@@ -264,15 +270,7 @@ def test_a_tab_whose_channels_are_refused_stops_alone_and_the_others_stream_on(
     allowed = open_tab(browser, page, ["news"], first=True)
     wait_for(lambda: browser.run(_STATE)["state"] == "open", what="the first tab's stream")
     refused = open_tab(browser, page, ["news", "private-bob"])
-
-    def closed() -> dict[str, Any] | None:
-        state: dict[str, Any] = browser.run(_STATE)
-        return state if state["state"] == "closed" else None
-
-    state = wait_for(closed, what="the refusal in the tab that asked")
-    assert state is not None
-    assert state["status"] == 403
-    assert "Channel 'private-bob' is private" in state["reason"]
+    assert_refused_private_bob(browser)
     browser.switch_to(allowed)
 
     def streaming_news() -> bool:
