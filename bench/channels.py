@@ -18,25 +18,35 @@ import argparse
 import asyncio
 import statistics
 
-from .run import Plan, channel_scenarios
+from .run import ROWS, Plan, channel_scenarios
 from .servers import OURS, raise_file_limit, redis_server, start_server
 
-#: (scenario, figure, label) printed for each run and as medians.
+#: The figures printed for each run and as medians: these rows of ``python -m bench``'s table.
 FIGURES = (
-    ("many channels", "server_cpu_us_per_event", "both workers' CPU per event (us)"),
-    ("many channels", "subscriber_cpu_us_per_event", "subscribing worker's CPU per event (us)"),
-    ("many channels", "redis_cpu_us_per_event", "Redis CPU per event (us)"),
-    ("publish call", "caller_us", "one publish call: the caller's CPU (us)"),
-    ("publish call", "caller_user_us", "one publish call: the caller's CPU, user space (us)"),
-    ("publish call", "redis_us", "one publish call: Redis CPU (us)"),
+    ("many channels", "server_cpu_us_per_event"),
+    ("many channels", "subscriber_cpu_us_per_event"),
+    ("many channels", "redis_cpu_us_per_event"),
+    ("publish call", "caller_us"),
+    ("publish call", "caller_user_us"),
+    ("publish call", "redis_us"),
 )
+
+
+def labelled(plan: Plan) -> list[tuple[str, str, str]]:
+    """(scenario, figure, label) of each of ``FIGURES``, labelled as in the table."""
+    labels = {(scenario, key): label for scenario, key, label, _ in ROWS}
+    return [
+        (scenario, key, labels[scenario, key].format(channels=plan.channels))
+        for scenario, key in FIGURES
+    ]
 
 
 async def measure(repeat: int, names: list[str]) -> None:
     raise_file_limit()
     plan = Plan()
+    figures = labelled(plan)
     values: dict[str, dict[str, list[float]]] = {
-        name: {label: [] for _, _, label in FIGURES} for name in names
+        name: {label: [] for _, _, label in figures} for name in names
     }
     with redis_server() as (redis_url, admin):
         for number in range(repeat):
@@ -48,7 +58,7 @@ async def measure(repeat: int, names: list[str]) -> None:
                     server.stop()
                 measured = [
                     (label, results[scenario][key])
-                    for scenario, key, label in FIGURES
+                    for scenario, key, label in figures
                     if key in results.get(scenario, {})  # the ceiling makes no publish call
                 ]
                 for label, value in measured:
@@ -57,9 +67,9 @@ async def measure(repeat: int, names: list[str]) -> None:
                     f"{label} {value:.0f}" for label, value in measured
                 ), flush=True)
     for name in names:
-        for label, figures in values[name].items():
-            if figures:
-                print(f"median, {name}: {label}: {statistics.median(figures):.0f}")
+        for label, runs in values[name].items():
+            if runs:
+                print(f"median, {name}: {label}: {statistics.median(runs):.0f}")
 
 
 def main() -> None:
