@@ -134,6 +134,11 @@ export function unionChannels(lists) {
   return [...new Set(lists.flat())].sort();
 }
 
+/** The `state` of a stream the server refused for good. */
+function closedState(status, reason, channels) {
+  return { state: "closed", status, reason, channels };
+}
+
 /** Whether two lists name the same channels in the same order. */
 export function sameChannels(a, b) {
   return a.join("\n") === b.join("\n");
@@ -259,14 +264,8 @@ class Stream {
     const channels = this.channels;
     const controller = (this.controller = new AbortController());
     try {
-      const token = await this.token(channels, controller.signal);
-      const url = streamUrl(this.url, channels, joinId(channels, this.positions), token);
-      const response = await fetch(url, {
-        headers: { Accept: "text/event-stream" },
-        credentials: this.options.credentials,
-        cache: "no-store",
-        signal: controller.signal,
-      });
+      const lastEventId = joinId(channels, this.positions);
+      const response = await this.request(channels, lastEventId, controller.signal);
       const type = response.headers.get("Content-Type") || "";
       if (response.status === 200 && type.startsWith("text/event-stream")) {
         await this.read(response, channels);
@@ -291,9 +290,20 @@ class Stream {
   }
 
   stop(status, reason, channels) {
-    this.stopped = { state: "closed", status, reason, channels };
+    this.stopped = closedState(status, reason, channels);
     this.sink.state(this.stopped);
     return 0;
+  }
+
+  /** The stream of `channels` from `lastEventId`, asked with a fresh token if it needs one. */
+  async request(channels, lastEventId, signal) {
+    const token = await this.token(channels, signal);
+    return fetch(streamUrl(this.url, channels, lastEventId, token), {
+      headers: { Accept: "text/event-stream" },
+      credentials: this.options.credentials,
+      cache: "no-store",
+      signal,
+    });
   }
 
   /**
@@ -304,19 +314,12 @@ class Stream {
   async refusal(channels) {
     const controller = new AbortController();
     try {
-      const token = await this.token(channels, controller.signal);
-      const response = await fetch(streamUrl(this.url, channels, "", token), {
-        headers: { Accept: "text/event-stream" },
-        credentials: this.options.credentials,
-        cache: "no-store",
-        signal: controller.signal,
-      });
+      const response = await this.request(channels, "", controller.signal);
       if (!FINAL_STATUSES.has(response.status)) return null;
       const reason = refusalMessage(response.status, await response.text());
-      return { state: "closed", status: response.status, reason, channels };
+      return closedState(response.status, reason, channels);
     } catch (error) {
-      if (!error || !error.final) return null;
-      return { state: "closed", status: error.status, reason: error.message, channels };
+      return error && error.final ? closedState(error.status, error.message, channels) : null;
     } finally {
       controller.abort();
     }
@@ -663,7 +666,7 @@ class TabGroup {
         this.post({ t: "positions", positions });
       },
       state: (state) => {
-        if (state.status && this.sharers() > 1) this.sortOutRefusal(state);
+        if (state.status && this.sharedWants().length > 1) this.sortOutRefusal(state);
         else this.tell(state);
       },
     };
@@ -694,10 +697,6 @@ class TabGroup {
   /** The wants the shared stream carries: every tab's but the refused ones'. */
   sharedWants() {
     return [...this.wants].filter(([tab, channels]) => channels.length && !this.isRefused(tab));
-  }
-
-  sharers() {
-    return this.sharedWants().length;
   }
 
   /** The leader's stream's `state`, to every tab. */
