@@ -421,6 +421,17 @@ def browser() -> Iterator[Browser]:
 WORKERS = {"gevent": "gevent", "parking": "flask_sse.worker.GeventWorker"}
 
 
+def serving_environ(redis_url: str, **settings: object) -> dict[str, str]:
+    """The environment of a server of ``tests.serve:app`` on ``redis_url``, with ``SSE_*``
+    ``settings`` for its config."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "SSE_TEST_SETTINGS": json.dumps({"SSE_REDIS_URL": redis_url, **settings}),
+        "REDIS_URL": redis_url,
+    }
+
+
 @pytest.fixture
 def gunicorn(request: pytest.FixtureRequest) -> Iterator[Callable[..., Gunicorn]]:
     """Start an app (``tests.serve:app``) under ``gunicorn -k gevent`` (one worker).
@@ -443,13 +454,7 @@ def gunicorn(request: pytest.FixtureRequest) -> Iterator[Callable[..., Gunicorn]
         ``log``: a file for the server's stderr (its log), instead of the test's output.
         """
         port = free_port()
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "SSE_TEST_SETTINGS": json.dumps({"SSE_REDIS_URL": redis_url, **settings}),
-            "REDIS_URL": redis_url,
-            **(env or {}),
-        }
+        env = {**serving_environ(redis_url, **settings), **(env or {})}
         command = [
             sys.executable, "-m", "gunicorn", "-k", worker, *options,
             "--worker-connections", "2000", "--graceful-timeout", "2",

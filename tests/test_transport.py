@@ -21,7 +21,7 @@ import pytest
 
 from flask_sse import Publisher
 
-from .conftest import ROOT, Gunicorn, RedisServer, free_port
+from .conftest import ROOT, Gunicorn, RedisServer, free_port, serving_environ
 from .sse_client import Parser, StreamClient, open_stream, wait_for
 
 pytestmark = pytest.mark.integration
@@ -157,8 +157,7 @@ def test_waitress_serves_streams_and_says_once_in_the_log_what_limits_it(
     """Under waitress (threads, no gunicorn) streams get their events, and its limit is told."""
     port = free_port()
     log = tmp_path / "waitress.log"
-    settings = json.dumps({"SSE_REDIS_URL": redis_url})
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SSE_TEST_SETTINGS": settings}
+    env = serving_environ(redis_url)
     command = [
         sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", "--threads=8",
         "tests.serve:app",
