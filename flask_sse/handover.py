@@ -46,6 +46,7 @@ def hand_over(live: LiveStream, transport: Transport, yielded: int) -> bool:
         return False
     if live.direct is not None:
         live.direct.move_to(own)
+    live.watch_client()  # on its own socket: gunicorn closes the one it watched
     ParkedStream(live, own, transport, parking)
     return True
 
@@ -144,10 +145,10 @@ class ParkedStream:
             return
         self._parking.discard(self)
         self._live.subscription.call_on_wake(_ignore)
+        self._live.finish()  # before the socket closes: nothing may write to it or watch it
         try:
             self._socket.close()
         finally:
-            self._live.finish()
             if self._transport.release is not None:
                 self._transport.release()
 

@@ -29,6 +29,8 @@ Threads, and who may touch what
   dead network.
 - The scheduler thread (``scheduler.py``) wakes due streams and, after
   SIGTERM, ends those ``_open_streams`` lists; it never waits on Redis.
+- Under threads, one thread (``hangups.py``) waits for the streams' clients
+  to close their connections and ends those streams.
 - The presence thread (``presence.Reporter``) calls ``_counts`` and writes
   the counts to Redis.
 - On Redis Cluster, the owner search thread (``routing.OwnerSearch``) calls
@@ -54,6 +56,7 @@ from redis.exceptions import RedisError
 
 from .channels import ChannelTable
 from .dispatch import Dispatcher
+from .hangups import HangUps
 from .history import History, Position
 from .naming import Names
 from .presence import Presence, Reporter
@@ -93,6 +96,8 @@ class Hub:
         self._scheduler = Scheduler(open_streams=self._open_streams)
         self._presence = presence
         self._reporter = Reporter(presence, self._counts)
+        #: watches the streams' connections for their clients' leaving (``hangups.py``)
+        self.hang_ups = HangUps()
 
     # -- for the stream view -------------------------------------------------
 
@@ -176,6 +181,7 @@ class Hub:
         self._dispatch.close()
         self._scheduler.close()
         self._reporter.close()
+        self.hang_ups.close()
 
     @property
     def streams(self) -> int:

@@ -36,7 +36,8 @@ def server_problem(environ: dict[str, Any]) -> tuple[bool, str] | None:
         return False, (
             "waitress serves only as many requests at once as its threads (4 by default), "
             "and each open stream holds one: raise --threads well above the streams you "
-            "expect, or serve streams with gunicorn -k gevent."
+            "expect (and add --channel-request-lookahead=1, or a stream whose client left "
+            "holds its thread until a write fails), or serve streams with gunicorn -k gevent."
         )
     return None
 

@@ -24,6 +24,7 @@ from . import handover, metrics, registry
 from .config import SSEConfig
 from .delivery import Delivery, from_history
 from .event_ids import format_last_event_id
+from .hangups import HangUps, Watch
 from .history import History, Position
 from .hub import Hub
 from .refusal import jittered
@@ -37,6 +38,9 @@ logger = logging.getLogger("flask_sse")
 KEEPALIVE = b":\n\n"
 #: Seconds a stream may hold the count of the events it wrote before adding it.
 COUNT_EVERY = 1.0
+#: Seconds between looks at whether the client left, where the server can only
+#: be asked (waitress), not the client's socket watched (``hangups.py``).
+ASK_EVERY = 1.0
 def open_stream(
     hub: Hub,
     config: SSEConfig,
@@ -58,7 +62,9 @@ def open_stream(
         hub, config, channels, resume, transport.hang_up
     )
     resuming = resume is not None
-    body = event_stream(subscription, config, history, positions, resuming, transport)
+    body = event_stream(
+        subscription, config, history, positions, resuming, transport, hub.hang_ups
+    )
     return subscription, occupied, body
 
 
@@ -100,12 +106,14 @@ def event_stream(
     positions: dict[str, Position],
     resume: bool,
     transport: Transport,
+    hang_ups: HangUps,
 ) -> Generator[bytes, None, None]:
     """The body of one stream.
 
     ``history`` is ``None`` when ``SSE_HISTORY`` is 0: ids then pass through
     as publishers gave them. ``resume`` replays what history holds after
-    ``positions`` before going live (see :class:`LiveStream`).
+    ``positions`` before going live (see :class:`LiveStream`). ``hang_ups``
+    (the hub's) watches the client's connection once the stream is live.
     """
     channels = subscription.channels
     opening = f"retry:{config.retry}\n"
@@ -128,7 +136,9 @@ def event_stream(
         # a backlog's only deliveries without a position are its resets
         resets = sum(1 for delivery in backlog if delivery.position is None)
         metrics.resumed(count - resets, resets)
-    live = LiveStream(subscription, config, history is not None, positions, transport, yielded)
+    live = LiveStream(
+        subscription, config, history is not None, positions, transport, yielded, hang_ups
+    )
     if handover.hand_over(live, transport, yielded):
         return  # the hub's side writes to the client from now on
     try:
@@ -153,16 +163,18 @@ class LiveStream:
     Timing: the stream asks to be woken for its next keepalive (after
     ``SSE_KEEPALIVE`` of silence), its next look at whether the client is
     still there (every ``SSE_KEEPALIVE``, however busy the channel), and its
-    ``SSE_MAX_AGE``, whichever comes first.
+    ``SSE_MAX_AGE``, whichever comes first. A client that closes its
+    connection ends the stream at once (``hangups.py``), or within
+    ``ASK_EVERY`` where the server gives no socket to watch (waitress).
     """
 
     __slots__ = ("subscription", "direct", "_history", "_positions", "_transport", "_keepalive",
                  "_drain_retry", "_deadline", "_last_write", "_next_check", "_uncounted",
-                 "_counted_at")
+                 "_counted_at", "_check_every", "_hang_ups", "_watch")
 
     def __init__(
         self, subscription: Subscription, config: SSEConfig, history: bool,
-        positions: dict[str, Position], transport: Transport, yielded: int,
+        positions: dict[str, Position], transport: Transport, yielded: int, hang_ups: HangUps,
     ) -> None:
         self.subscription = subscription
         self._history = history
@@ -173,7 +185,10 @@ class LiveStream:
         self._drain_retry = config.retry if config.drain_seconds else None
         now = time.monotonic()
         self._deadline = now + config.max_age if config.max_age else math.inf
-        self._last_write, self._next_check = now, now + config.keepalive
+        self._check_every = (
+            min(config.keepalive, ASK_EVERY) if transport.only_asked else config.keepalive
+        )
+        self._last_write, self._next_check = now, now + self._check_every
         # Events written but not yet counted: a busy stream writes chunks of one or
         # two events thousands of times a second, and each update of a metric costs
         # about what a delivery does, so the count is added at most once a second
@@ -185,6 +200,23 @@ class LiveStream:
         if config.direct_write:
             self.direct = transport.direct_writer(subscription, history, positions, yielded)
         subscription.write_directly_with(None if self.direct is None else self.direct.write)
+        self._hang_ups = hang_ups
+        self._watch: Watch | None = None
+        self.watch_client()
+
+    def watch_client(self) -> None:
+        """End the stream as soon as the client closes its connection.
+
+        Called again once the stream has a socket of its own (``handover.py``).
+        """
+        if self._watch is not None:
+            self._watch.stop()
+        client = self._transport.client
+        if client is not None:
+            self._watch = self._hang_ups.watch(client, self._transport.client_gone, self._left)
+
+    def _left(self) -> None:
+        self.subscription.end(CloseReason.CLIENT_GONE)
 
     def next_wake(self) -> float:
         return min(self._last_write + self._keepalive, self._next_check, self._deadline)
@@ -218,7 +250,7 @@ class LiveStream:
         if now >= self._next_check:
             if self._transport.client_gone():
                 return chunk, True
-            self._next_check = now + self._keepalive
+            self._next_check = now + self._check_every
         if direct is not None:
             self._last_write = max(self._last_write, direct.last_write)
         if now - self._last_write >= self._keepalive:
@@ -228,8 +260,14 @@ class LiveStream:
         return chunk, False
 
     def finish(self) -> None:
-        """The stream has ended: no more direct writes, and its last events counted."""
+        """The stream has ended: no more direct writes or watching, and its last events counted.
+
+        Before its socket is closed: a watch must not outlive its socket.
+        """
         self.subscription.write_directly_with(None)
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
         self._count(time.monotonic())
 
     def _count(self, now: float) -> None:

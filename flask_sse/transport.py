@@ -44,9 +44,15 @@ PARKING = "flask_sse.parking"
 class Transport:
     """One stream's view of its server: the client's socket, and the way out."""
 
-    def __init__(self, client: socket.socket | None, parking: Any = None) -> None:
+    def __init__(
+        self, client: socket.socket | None, parking: Any = None,
+        disconnected: Callable[[], bool] | None = None,
+    ) -> None:
         #: the client's socket, when the server exposes it (the stream's own once handed over)
         self.client = client
+        #: the server's own answer to "has the client left?", where it gives no socket
+        #: (waitress's ``waitress.client_disconnected``)
+        self._disconnected = disconnected
         #: the worker's parked streams, when the worker parks them
         self.parking = parking
         #: releases the stream's subscription; set by the view, called once the stream ends
@@ -59,7 +65,7 @@ class Transport:
     @classmethod
     def from_environ(cls, environ: dict[str, Any]) -> Transport:
         client = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
-        return cls(client, environ.get(PARKING))
+        return cls(client, environ.get(PARKING), environ.get("waitress.client_disconnected"))
 
     def response_closed(self) -> None:
         """The server closed the response: release the stream, unless it was handed over."""
@@ -73,9 +79,11 @@ class Transport:
         ``select()``, which fails for descriptors of 1024 and above; not the
         server's socket object, whose ``recv`` gevent would turn into a wait).
         On TLS this sees the encrypted bytes: end of file still means gone.
+        Without a socket, the server's own answer if it gives one (waitress
+        knows only if its ``channel_request_lookahead`` is 1 or more).
         """
         if self.client is None:
-            return False
+            return self._disconnected is not None and bool(self._disconnected())
         try:
             fd = self.client.fileno()
         except (OSError, ValueError):
@@ -91,6 +99,12 @@ class Transport:
             return True
         finally:
             probe.detach()
+
+    @property
+    def only_asked(self) -> bool:
+        """True if a client's leaving can be found only by asking the server (waitress),
+        not by watching its socket: the stream then asks often."""
+        return self.client is None and self._disconnected is not None
 
     def hang_up(self) -> None:
         """Close a slow client's connection, even while a write to it is blocked."""

@@ -197,6 +197,9 @@ class StreamClient:
         return [self.next_event() for _ in range(count)]
 
     def close(self) -> None:
+        """Close the connection, as a browser does (the response too: a response the
+        connection no longer holds, one sent with ``Connection: close``, keeps it open)."""
+        self.response.close()
         self.connection.close()
 
     def __enter__(self) -> StreamClient:
