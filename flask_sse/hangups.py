@@ -12,11 +12,13 @@ either; that look, and the first write that fails, still find it.
 
 Under gevent (``gunicorn -k gevent``, the parking worker) each watched
 socket gets a read watcher of the event loop: no greenlet, no thread. Under
-threads (gunicorn's ``gthread``, waitress, the development server) one
-thread per hub waits on all of them with a selector. Readable means the
-client closed, or sent bytes no ``EventSource`` sends: either way the watch
-ends (it would fire again and again otherwise), and the stream is ended only
-if the connection is closed, as its next look would have found.
+threads (gunicorn's ``gthread``, the development server) one thread per hub
+waits on all of them with a selector. Readable means the client closed, or
+sent bytes no ``EventSource`` sends: the watch's owner closes the watch
+either way (it would fire again and again otherwise), and ends the stream
+only if the connection is closed, as its next look would have found. The
+watches are light (about 300 bytes a stream under gevent): the watcher and
+one bound method.
 """
 
 from __future__ import annotations
@@ -26,18 +28,18 @@ import selectors
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 logger = logging.getLogger("flask_sse")
 
-#: Says whether the client has closed its connection (a peek, never a read).
-IsGone = Callable[[], bool]
+#: Called once a watched socket turns readable.
+OnReadable = Callable[[], None]
 
 
 class Watch(Protocol):
-    """One socket being watched: :meth:`stop` before the socket is closed."""
+    """One socket being watched: :meth:`close` it once it fired, or before the socket closes."""
 
-    def stop(self) -> None: ...
+    def close(self) -> None: ...
 
 
 class HangUps:
@@ -48,24 +50,30 @@ class HangUps:
         self._selecting: _Selecting | None = None
         self._closed = False
 
-    def watch(self, client: socket.socket, is_gone: IsGone, on_gone: Callable[[], None]) -> Watch:
-        """Call ``on_gone`` once the client's end of ``client`` is closed (``is_gone()``).
+    def watch(self, client: socket.socket, on_readable: OnReadable) -> Watch:
+        """Call ``on_readable`` once ``client`` turns readable (until the watch is closed).
 
-        Called from any thread; ``on_gone`` runs in the event loop (gevent)
-        or in the hub's watching thread, so it must only signal.
+        Called from any thread; ``on_readable`` runs in the event loop
+        (gevent) or in the hub's watching thread, so it must only look and
+        signal, never wait.
         """
         fd = client.fileno()
         if fd < 0:
             return _NOT_WATCHING  # closed already: the stream's next look ends it
         if type(client).__module__.startswith("gevent"):
-            return _LoopWatch(fd, is_gone, on_gone)
+            from gevent import get_hub  # type: ignore[import-untyped]
+
+            # ref=False: an open stream's watch does not keep the loop running at exit
+            watcher: Watch = get_hub().loop.io(fd, 1, ref=False)
+            watcher.start(on_readable)  # type: ignore[attr-defined]
+            return watcher
         with self._lock:
             if self._closed:
                 return _NOT_WATCHING
             if self._selecting is None:
                 self._selecting = _Selecting()
             selecting = self._selecting
-        return selecting.watch(fd, is_gone, on_gone)
+        return selecting.watch(fd, on_readable)
 
     def close(self) -> None:
         with self._lock:
@@ -76,44 +84,11 @@ class HangUps:
 
 
 class _NotWatching:
-    def stop(self) -> None:
-        """Nothing to stop."""
+    def close(self) -> None:
+        """Nothing to close."""
 
 
 _NOT_WATCHING = _NotWatching()
-
-
-def _readable(is_gone: IsGone, on_gone: Callable[[], None]) -> None:
-    """The socket turned readable: end the stream if its client closed."""
-    try:
-        if is_gone():
-            on_gone()
-    except Exception:  # noqa: BLE001 - the event loop or the watching thread must go on
-        logger.exception("Could not end a stream whose client left")
-
-
-class _LoopWatch:
-    """A read watcher of gevent's event loop on one socket."""
-
-    __slots__ = ("_watcher", "_is_gone", "_on_gone")
-
-    def __init__(self, fd: int, is_gone: IsGone, on_gone: Callable[[], None]) -> None:
-        from gevent import get_hub  # type: ignore[import-untyped]
-
-        self._is_gone = is_gone
-        self._on_gone = on_gone
-        # ref=False: an open stream's watch does not keep the loop running at exit
-        self._watcher: Any = get_hub().loop.io(fd, 1, ref=False)
-        self._watcher.start(self._fire)
-
-    def _fire(self) -> None:
-        self.stop()
-        _readable(self._is_gone, self._on_gone)
-
-    def stop(self) -> None:
-        watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            watcher.close()
 
 
 class _Selecting:
@@ -134,8 +109,8 @@ class _Selecting:
         self._thread = threading.Thread(target=self._run, name="flask-sse-hangups", daemon=True)
         self._thread.start()
 
-    def watch(self, fd: int, is_gone: IsGone, on_gone: Callable[[], None]) -> Watch:
-        watch = _SelectedWatch(self, fd, is_gone, on_gone)
+    def watch(self, fd: int, on_readable: OnReadable) -> Watch:
+        watch = _SelectedWatch(self, fd, on_readable)
         with self._lock:
             if self._closed:
                 return _NOT_WATCHING
@@ -183,20 +158,22 @@ class _Selecting:
                     except BlockingIOError:
                         pass
                     continue
-                if self.forget(watch):  # not stopped meanwhile
-                    _readable(watch.is_gone, watch.on_gone)
+                if self.forget(watch):  # not closed meanwhile
+                    try:
+                        watch.on_readable()
+                    except Exception:  # noqa: BLE001 - the thread watches the other streams on
+                        logger.exception("Could not look at a readable stream connection")
 
 
 class _SelectedWatch:
-    __slots__ = ("_selecting", "fd", "is_gone", "on_gone")
+    """One socket in a :class:`_Selecting`'s set (once it fired, no longer)."""
 
-    def __init__(
-        self, selecting: _Selecting, fd: int, is_gone: IsGone, on_gone: Callable[[], None]
-    ) -> None:
+    __slots__ = ("_selecting", "fd", "on_readable")
+
+    def __init__(self, selecting: _Selecting, fd: int, on_readable: OnReadable) -> None:
         self._selecting = selecting
         self.fd = fd
-        self.is_gone = is_gone
-        self.on_gone = on_gone
+        self.on_readable = on_readable
 
-    def stop(self) -> None:
+    def close(self) -> None:
         self._selecting.forget(self)

@@ -209,14 +209,25 @@ class LiveStream:
 
         Called again once the stream has a socket of its own (``handover.py``).
         """
-        if self._watch is not None:
-            self._watch.stop()
+        self._stop_watching()
         client = self._transport.client
         if client is not None:
-            self._watch = self._hang_ups.watch(client, self._transport.client_gone, self._left)
+            self._watch = self._hang_ups.watch(client, self._readable)
 
-    def _left(self) -> None:
-        self.subscription.end(CloseReason.CLIENT_GONE)
+    def _readable(self) -> None:
+        """The client's connection turned readable (from the event loop or the hub's thread).
+
+        Closed: the stream ends now. Bytes no ``EventSource`` sends: the
+        watch ends, and the stream's look every ``SSE_KEEPALIVE`` remains.
+        """
+        self._stop_watching()
+        if self._transport.client_gone():
+            self.subscription.end(CloseReason.CLIENT_GONE)
+
+    def _stop_watching(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.close()
 
     def next_wake(self) -> float:
         return min(self._last_write + self._keepalive, self._next_check, self._deadline)
@@ -265,9 +276,7 @@ class LiveStream:
         Before its socket is closed: a watch must not outlive its socket.
         """
         self.subscription.write_directly_with(None)
-        if self._watch is not None:
-            self._watch.stop()
-            self._watch = None
+        self._stop_watching()
         self._count(time.monotonic())
 
     def _count(self, now: float) -> None:
