@@ -41,6 +41,8 @@ COUNT_EVERY = 1.0
 #: Seconds between looks at whether the client left, where the server can only
 #: be asked (waitress), not the client's socket watched (``hangups.py``).
 ASK_EVERY = 1.0
+
+
 def open_stream(
     hub: Hub,
     config: SSEConfig,
