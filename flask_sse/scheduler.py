@@ -4,7 +4,10 @@ One thread per hub with a heap of due times, so each tick looks only at the
 streams that are due, not at every stream. A stream asks for its next
 wake-up with :meth:`Subscription.wake_at`; an entry whose stream has since
 moved its time later is put back at the new time when it comes up (cheaper
-than removing it from the middle of the heap).
+than removing it from the middle of the heap). The entries of ended streams
+are dropped together once they are half the heap: when many clients leave at
+once, the thread would otherwise wake for each of them over the next
+``SSE_KEEPALIVE``, and hold their subscriptions until then.
 
 This thread never waits on Redis, so keepalives and ``SSE_MAX_AGE`` keep
 their times while Redis is slow or frozen.
@@ -60,6 +63,7 @@ class Scheduler:
     def __init__(self, open_streams: Callable[[], list[Subscription]]) -> None:
         self._open_streams = open_streams
         self._heap: list[tuple[float, int, Subscription]] = []
+        self._cancelled = 0  # entries of cancelled subscriptions still in the heap, about
         self._order = itertools.count()  # ties never compare subscriptions
         self._lock = threading.Lock()  # guards _heap and every Subscription.scheduled_at
         self._stop = threading.Event()
@@ -84,9 +88,15 @@ class Scheduler:
                 heapq.heappush(self._heap, (when, next(self._order), subscription))
 
     def cancel(self, subscription: Subscription) -> None:
-        """Forget ``subscription`` (its entry is dropped when it comes up)."""
+        """Forget ``subscription`` (its entry is dropped when it comes up, or with the others)."""
         with self._lock:
+            if subscription.scheduled_at != math.inf:  # it has an entry in the heap
+                self._cancelled += 1
             subscription.scheduled_at = -math.inf
+            if self._cancelled > len(self._heap) // 2:
+                self._heap = [entry for entry in self._heap if entry[0] == entry[2].scheduled_at]
+                heapq.heapify(self._heap)
+                self._cancelled = 0
 
     def shutdown(self, drain_window: float = 0.0) -> None:
         """End every stream from this thread, spread over ``drain_window`` seconds.
