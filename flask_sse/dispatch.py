@@ -118,7 +118,13 @@ class Dispatcher:
         So nothing retries or logs while no stream needs the link. On a
         cluster, the owner search moves each channel once the topology names
         a new owner for its slot (asked again after every failure).
+
+        The idle command connections to the link's server are closed too: a
+        network that went silent took them with it, and the replay after
+        the link is back, a read of history, would first wait a whole
+        socket timeout on one of them. A working one costs a reconnect.
         """
+        self._router.drop_idle(link.node)
         with self._lock:
             names = list(link.channels)
             idle = self.links.remove_if_idle(link)

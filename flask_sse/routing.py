@@ -51,6 +51,10 @@ class Router:
     def refresh(self) -> None:
         """Learn the topology again after a failure (nothing to learn here)."""
 
+    def drop_idle(self, node: str) -> None:
+        """Close the idle command connections to ``node``: the next commands open new ones."""
+        self._pool.disconnect(inuse_connections=False)
+
 
 class ClusterRouter(Router):
     """Redis Cluster: each channel on the master that owns its slot.
@@ -80,6 +84,11 @@ class ClusterRouter(Router):
 
     def refresh(self) -> None:
         self._client.nodes_manager.initialize()
+
+    def drop_idle(self, node: str) -> None:
+        found = self._client.get_node(node_name=node)
+        if found is not None and found.redis_connection is not None:
+            found.redis_connection.connection_pool.disconnect(inuse_connections=False)
 
 
 def owners(router: Router, names: list[str]) -> dict[str, str]:

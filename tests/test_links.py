@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from flask_sse import links
-from flask_sse.registry import history_for, hub_for
+from flask_sse.registry import REDIS_TIMEOUT, history_for, hub_for
 from flask_sse.subscription import Subscription
 
 from .conftest import Gunicorn, RedisServer
@@ -122,12 +122,12 @@ def test_a_link_whose_network_goes_silent_reconnects_and_replays_what_it_missed(
     received: list[str] = []
     publish("before")
     wait_for(lambda: _received(subscription, received), what="the event before the cut")
-    relay.cut()
+    relay.cut()  # the hub's command connection (it read the channel's position) goes silent too
     with caplog.at_level(logging.WARNING, logger="flask_sse"):
         publish("during 1")
         publish("during 2")
-        wait_for(
-            lambda: "during 2" in _received(subscription, received), timeout=15,
+        wait_for(  # within the command connections' timeout: the replay did not wait it out
+            lambda: "during 2" in _received(subscription, received), timeout=REDIS_TIMEOUT - 1,
             what="the events published while the link was cut",
         )
     assert received == ["before", "during 1", "during 2"]
