@@ -63,7 +63,7 @@ class Scheduler:
     def __init__(self, open_streams: Callable[[], list[Subscription]]) -> None:
         self._open_streams = open_streams
         self._heap: list[tuple[float, int, Subscription]] = []
-        self._cancelled = 0  # entries of cancelled subscriptions still in the heap, about
+        self._cancelled = 0  # cancels since the heap was last cleared of them (some came up since)
         self._order = itertools.count()  # ties never compare subscriptions
         self._lock = threading.Lock()  # guards _heap and every Subscription.scheduled_at
         self._stop = threading.Event()

@@ -89,6 +89,8 @@ class FakeRouter(Router):
         self.down: set[str] = set()
         self.refreshing = threading.Event()
         self.refreshing.set()
+        #: the nodes whose idle command connections the hub asked to close, in order
+        self.idle_dropped: list[str] = []
 
     def node_for(self, channel: str) -> str:
         return self.owners.get(channel, "server")
@@ -102,6 +104,9 @@ class FakeRouter(Router):
 
     def refresh(self) -> None:
         self.refreshing.wait(10)
+
+    def drop_idle(self, node: str) -> None:
+        self.idle_dropped.append(node)
 
     def live(self, node: str = "server") -> FakeConnection:
         def newest() -> FakeConnection | None:
@@ -228,6 +233,7 @@ def test_replay_after_a_lost_link_and_live_copies_skipped(
         history.append("a", (seq, 0), data)
     first.disconnect()  # the link drops; 3 and 4 are published meanwhile
     wait_for(lambda: router.live() is not first, what="a new connection")
+    assert router.idle_dropped == ["server"]  # before the replay reads history on one
     second = router.live()
     second.message("a", "3-0", "missed")  # live copies of what was replayed
     second.message("a", "4-0", "missed too")
