@@ -8,7 +8,7 @@ about half of a stream's memory. Under ``flask_sse.worker.GeventWorker``
 the request ends as soon as the stream is established and the stream goes
 on as a :class:`ParkedStream`: each wake-up (an event the direct write could
 not take, a keepalive due, the end) runs one turn of its
-:class:`~flask_sse.stream.LiveStream` in a short-lived greenlet, which
+:class:`~flask_sse.live.LiveStream` in a short-lived greenlet, which
 writes what the turn makes to the stream's own socket.
 
 The response stays the same on the wire: the same chunks, and at the end
@@ -22,12 +22,10 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .live import LiveStream
 from .transport import LAST_CHUNK, Transport, frame
-
-if TYPE_CHECKING:
-    from .stream import LiveStream
 
 logger = logging.getLogger("flask_sse")
 
