@@ -467,15 +467,7 @@ def gunicorn(request: pytest.FixtureRequest) -> Iterator[Callable[..., Gunicorn]
         server = Gunicorn(port, process)
         started.append(server)
 
-        def answers() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"gunicorn exited with {process.returncode}")
-            try:
-                return server.request("GET", "/")[0] < 500
-            except OSError:
-                return False
-
-        wait_for(answers, timeout=30, what="gunicorn to answer")
+        _wait_until_it_answers(server, "gunicorn")
         return server
 
     yield start
@@ -487,3 +479,54 @@ def gunicorn(request: pytest.FixtureRequest) -> Iterator[Callable[..., Gunicorn]
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait()
+
+
+@pytest.fixture
+def waitress() -> Iterator[Callable[..., Gunicorn]]:
+    """Start ``tests.serve:app`` under waitress (threads, no gunicorn).
+
+    The server is described as gunicorn's are (:class:`Gunicorn`: its port,
+    process and requests), which is all the tests need of it.
+    """
+    started: list[Gunicorn] = []
+
+    def start(
+        redis_url: str, options: tuple[str, ...] = (), log: Path | None = None,
+        **settings: object,
+    ) -> Gunicorn:
+        """``options`` for waitress's command line; ``settings`` and ``log`` as for gunicorn."""
+        port = free_port()
+        command = [
+            sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", *options,
+            "tests.serve:app",
+        ]
+        stderr = log.open("ab") if log is not None else None
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=serving_environ(redis_url, **settings), stderr=stderr
+        )
+        if stderr is not None:
+            stderr.close()  # the server holds its own copy
+        server = Gunicorn(port, process)
+        started.append(server)
+        _wait_until_it_answers(server, "waitress")
+        return server
+
+    yield start
+    for server in started:
+        server.process.terminate()
+    for server in started:
+        server.process.wait(10)
+
+
+def _wait_until_it_answers(server: Gunicorn, name: str) -> None:
+    """Until ``server`` answers a request; fail if its process exits first."""
+
+    def answers() -> bool:
+        if server.process.poll() is not None:
+            raise AssertionError(f"{name} exited with {server.process.returncode}")
+        try:
+            return server.request("GET", "/")[0] < 500
+        except OSError:
+            return False
+
+    wait_for(answers, timeout=30, what=f"{name} to answer")

@@ -11,11 +11,8 @@ second), and a tab closed in Chromium.
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -26,7 +23,7 @@ from flask_sse.hangups import HangUps
 from flask_sse.registry import hub_for
 
 from .browser import Browser
-from .conftest import ROOT, Gunicorn, free_port, serving_environ
+from .conftest import Gunicorn
 from .sse_client import open_stream, wait_for
 
 Start = Callable[..., Gunicorn]
@@ -162,32 +159,15 @@ def test_a_closed_stream_is_released_at_once_under_the_development_server(
 
 @pytest.mark.integration
 def test_a_closed_stream_is_released_within_a_second_or_two_under_waitress(
-    redis_url: str, tmp_path: Path
+    waitress: Start, redis_url: str
 ) -> None:
     """waitress gives no socket; with ``--channel-request-lookahead=1`` it can be asked."""
-    port = free_port()
-    command = [
-        sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", "--threads=4",
-        "--channel-request-lookahead=1", "tests.serve:app",
-    ]
-    env = serving_environ(redis_url, SSE_KEEPALIVE=KEEPALIVE)
-    with (tmp_path / "waitress.log").open("wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=log)
-    try:
-        server = Gunicorn(port, process)  # what the tests need of a server: requests to it
-        wait_for(lambda: _answers(server), what="waitress")
-        stream = open_stream(port, "channel=waitress-hangup")
-        _released_promptly(lambda: server.count("/streams"), stream.close)
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-def _answers(server: Gunicorn) -> bool:
-    try:
-        return server.request("GET", "/pid")[0] == 200
-    except OSError:
-        return False
+    server = waitress(
+        redis_url, options=("--threads=4", "--channel-request-lookahead=1"),
+        SSE_KEEPALIVE=KEEPALIVE,
+    )
+    stream = open_stream(server, "channel=waitress-hangup")
+    _released_promptly(lambda: server.count("/streams"), stream.close)
 
 
 @pytest.mark.integration

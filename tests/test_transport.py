@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import zlib
 from collections.abc import Callable
@@ -21,7 +20,7 @@ import pytest
 
 from flask_sse import Publisher
 
-from .conftest import ROOT, Gunicorn, RedisServer, free_port, serving_environ
+from .conftest import ROOT, Gunicorn, RedisServer
 from .sse_client import Parser, StreamClient, open_stream, wait_for
 
 pytestmark = pytest.mark.integration
@@ -152,40 +151,19 @@ def test_a_sync_worker_refuses_streams_with_a_503_that_says_why(
 
 
 def test_waitress_serves_streams_and_says_once_in_the_log_what_limits_it(
-    redis_url: str, tmp_path: Path
+    waitress: Start, redis_url: str, tmp_path: Path
 ) -> None:
     """Under waitress (threads, no gunicorn) streams get their events, and its limit is told."""
-    port = free_port()
     log = tmp_path / "waitress.log"
-    env = serving_environ(redis_url)
-    command = [
-        sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", "--threads=8",
-        "tests.serve:app",
-    ]
-    with log.open("wb") as stderr:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=stderr)
-    streams: list[StreamClient] = []
-    try:
-        wait_for(lambda: _answers(port), what="waitress")
-        streams = [open_stream(port, "channel=waitress") for _ in range(2)]
-        assert [stream.status for stream in streams] == [200, 200]
-        Publisher(redis_url).publish("through waitress", channel="waitress")
-        assert [stream.next_event().data for stream in streams] == ["through waitress"] * 2
-        wait_for(lambda: "waitress serves only" in log.read_text(), what="the warning")
-        assert log.read_text().count("waitress serves only") == 1
-    finally:
-        for stream in streams:
-            stream.close()
-        process.terminate()
-        process.wait(10)
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
+    server = waitress(redis_url, options=("--threads=8",), log=log)
+    streams = [open_stream(server, "channel=waitress") for _ in range(2)]
+    assert [stream.status for stream in streams] == [200, 200]
+    Publisher(redis_url).publish("through waitress", channel="waitress")
+    assert [stream.next_event().data for stream in streams] == ["through waitress"] * 2
+    wait_for(lambda: "waitress serves only" in log.read_text(), what="the warning")
+    assert log.read_text().count("waitress serves only") == 1
+    for stream in streams:
+        stream.close()
 
 
 def test_a_threaded_worker_says_once_in_the_log_what_limits_it(
